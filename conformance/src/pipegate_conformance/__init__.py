@@ -1,0 +1,1 @@
+"""PipeGate conformance suite."""

@@ -1,0 +1,5 @@
+"""``pipegate-demo`` (skeleton)."""
+
+
+def main() -> int:
+    return 0

@@ -1,0 +1,1 @@
+"""PipeGate client: the end of a tunnel next to a local app."""

@@ -1,0 +1,31 @@
+"""JSON Schema of the control messages, the source of ``docs/protocol.schema.json``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._models import CONTROL_MESSAGE_ADAPTER
+from ._versions import KNOWN_VERSIONS
+
+__all__ = ["protocol_json_schema"]
+
+
+def protocol_json_schema() -> str:
+    """The schema as deterministic JSON text (sorted keys, trailing newline).
+
+    ``docs/protocol.schema.json`` must equal this; a test fails when it is stale.
+    Regenerate with ``uv run python -m pipegate_protocol.schema > docs/protocol.schema.json``.
+    """
+    schema: dict[str, Any] = CONTROL_MESSAGE_ADAPTER.json_schema(mode="serialization")
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "PipeGate control message",
+        "description": (
+            "A PipeGate control message, sent as JSON in a WebSocket text message. "
+            "Protocol versions: " + ", ".join(v.value for v in KNOWN_VERSIONS) + ". "
+            "Body bytes travel in binary data frames, described in docs/protocol.md."
+        ),
+        **schema,
+    }
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

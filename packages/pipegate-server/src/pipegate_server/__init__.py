@@ -1,0 +1,1 @@
+"""PipeGate server: the public end of a tunnel."""
