@@ -1,5 +1,70 @@
-"""``pipegate-demo`` (skeleton)."""
+"""``pipegate-demo``: a whole tunnel on this machine in one command.
+
+Starts a ``pipegate-server``, a small demo app (unless ``--local-url`` names your own)
+and a ``pipegate-client`` that connects them, prints the public URL to try, and stops
+everything on Ctrl-C. The processes are the real ones a deployment runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import signal
+import sys
+import threading
+
+from .harness import HarnessError, ProcessGroup, start_tunnel
+
+__all__ = ["main"]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pipegate-demo", description=__doc__)
+    parser.add_argument("--port", type=int, default=8000, help="server port (default 8000)")
+    parser.add_argument(
+        "--local-url", default=None, help="your local app (default: start the demo app)"
+    )
+    parser.add_argument("--connection-id", default="node", help="tunnel id (default node)")
+    args = parser.parse_args(argv)
+
+    token = secrets.token_urlsafe(24)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with ProcessGroup() as group:
+        try:
+            tunnel = start_tunnel(
+                group,
+                token=token,
+                connection_id=args.connection_id,
+                server_port=args.port,
+                origin_url=args.local_url,
+            )
+        except HarnessError as exc:
+            print(f"pipegate-demo: could not start the tunnel: {exc}", file=sys.stderr)
+            return 1
+        url = tunnel.public_url
+        print(
+            f"\nPipeGate tunnel is up.\n"
+            f"  public URL : {url}/\n"
+            f"  local app  : {tunnel.origin_url}\n"
+            f"Try:\n"
+            f"  curl {url}/\n"
+            f"  curl '{url}/echo/hello?x=1&x=2'\n"
+            f"  curl -N {url}/sse\n"
+            f"Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        try:
+            while not stop.wait(0.5):
+                for process in group.processes:
+                    if process.poll() is not None:
+                        print(f"pipegate-demo: {process.name} exited:\n{process.output()[-2000:]}")
+                        return 1
+        except KeyboardInterrupt:
+            pass
+        print("pipegate-demo: stopping", flush=True)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
