@@ -25,8 +25,12 @@ the ``send_*``/``open_stream``/``reset_stream`` methods to act, and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from enum import Enum
+from typing import Any, TypeVar
+
+import pydantic
 
 from ._frames import FRAME_HEADER_SIZE, Data, Message, WebSocketData, decode, encode
 from ._models import (
@@ -50,6 +54,7 @@ from ._models import (
 )
 from ._versions import ProtocolVersion
 from .errors import (
+    DecodeError,
     FlowControlError,
     FrameTooLargeError,
     LocalProtocolError,
@@ -59,6 +64,8 @@ from .errors import (
 )
 
 __all__ = ["CAPABILITY_WEBSOCKET", "Connection", "ConnectionState"]
+
+_M = TypeVar("_M", bound=pydantic.BaseModel)
 
 #: Capability a client advertises when it can relay WebSocket streams (WS-1).
 CAPABILITY_WEBSOCKET = "websocket"
@@ -172,6 +179,7 @@ class Connection:
 
     @property
     def peer_supports_websocket(self) -> bool:
+        """True when the peer's hello lists the ``websocket`` capability (WS-1)."""
         return self.peer_hello is not None and CAPABILITY_WEBSOCKET in self.peer_hello.capabilities
 
     def is_open(self, stream_id: int) -> bool:
@@ -202,7 +210,12 @@ class Connection:
             raise LocalProtocolError("the connection is closed")
         try:
             self._check_size(payload)
-            message = decode(payload)
+            try:
+                message = decode(payload)
+            except DecodeError:
+                if self.state is ConnectionState.AWAITING_HELLO:
+                    self._check_hello_version(payload)
+                raise
             return self._handle(message)
         except Exception:
             self.close()
@@ -212,6 +225,25 @@ class Connection:
         """Mark the tunnel closed (the WebSocket is gone); every stream is forgotten."""
         self.state = ConnectionState.CLOSED
         self._streams.clear()
+
+    def _check_hello_version(self, payload: str | bytes) -> None:
+        """Raise VersionMismatchError for a hello naming a version we do not know (HS-6).
+
+        Such a hello does not decode (the version is not a :class:`ProtocolVersion`), but
+        it is a version mismatch, not a malformed message, and has its own close code.
+        """
+        if not isinstance(payload, str):
+            return
+        try:
+            obj = json.loads(payload)
+        except (ValueError, RecursionError):
+            return
+        if isinstance(obj, dict) and obj.get("type") == "hello":
+            version = obj.get("version")
+            if isinstance(version, str) and version != self.version.value:
+                raise VersionMismatchError(
+                    f"peer hello names {version[:64]!r}, negotiated {self.version.value}"
+                )
 
     def _check_size(self, payload: str | bytes) -> None:
         limit = self.local_limits.max_frame_size
@@ -318,6 +350,8 @@ class Connection:
         if message.status == 101:
             if stream.kind is not StreamKind.WEBSOCKET:
                 raise StreamStateError(f"status 101 on http stream {message.stream_id}")
+            if message.end_stream:
+                raise StreamStateError(f"status 101 with end_stream on stream {message.stream_id}")
             stream.websocket = True
         elif message.status < 200:
             if message.end_stream:
@@ -409,7 +443,8 @@ class Connection:
         if kind is StreamKind.WEBSOCKET and not self.peer_supports_websocket:
             raise LocalProtocolError("the client does not support websocket streams")
         stream_id = self._last_stream_id + 1
-        message = Open.model_validate(
+        message = _build(
+            Open,
             {
                 "stream_id": stream_id,
                 "kind": kind,
@@ -421,7 +456,7 @@ class Connection:
                 "client_host": client_host,
                 "client_port": client_port,
                 "end_stream": end_stream,
-            }
+            },
         )
         self._queue(message)
         self._last_stream_id = stream_id
@@ -447,10 +482,18 @@ class Connection:
             raise LocalProtocolError(f"response already sent on stream {stream_id}")
         if status == 101 and stream.kind is not StreamKind.WEBSOCKET:
             raise LocalProtocolError("status 101 is only for websocket streams")
+        if status == 101 and end_stream:
+            raise LocalProtocolError("status 101 cannot end the stream (WS-3)")
         if 100 <= status < 200 and status != 101 and end_stream:
             raise LocalProtocolError("an informational response cannot end the stream")
-        message = Response.model_validate(
-            {"stream_id": stream_id, "status": status, "headers": headers, "end_stream": end_stream}
+        message = _build(
+            Response,
+            {
+                "stream_id": stream_id,
+                "status": status,
+                "headers": headers,
+                "end_stream": end_stream,
+            },
         )
         self._queue(message)
         if 100 <= status < 200 and status != 101:
@@ -495,10 +538,13 @@ class Connection:
             raise LocalProtocolError(f"stream {stream_id} is not an accepted websocket")
         reason_bytes = reason.encode("utf-8")[:123]
         self._queue(
-            WebSocketClose(
-                stream_id=stream_id,
-                code=code,
-                reason=reason_bytes.decode("utf-8", errors="ignore"),
+            _build(
+                WebSocketClose,
+                {
+                    "stream_id": stream_id,
+                    "code": code,
+                    "reason": reason_bytes.decode("utf-8", errors="ignore"),
+                },
             )
         )
         self._remove(stream_id)
@@ -515,11 +561,19 @@ class Connection:
         """Tell the connection that the application consumed ``size`` received bytes.
 
         Credit is returned to the peer in batches, once at least half of the initial
-        window has been consumed (FC-4). A no-op for a gone or remote-closed stream.
+        window has been consumed (FC-4). A no-op for a gone stream and for an HTTP
+        stream whose peer has ended its direction. Acknowledging more bytes than were
+        received and not yet acknowledged raises :class:`LocalProtocolError`.
         """
         stream = self._streams.get(stream_id)
-        if stream is None or size <= 0 or not stream.remote_open:
+        if stream is None or size <= 0 or (not stream.remote_open and not stream.websocket):
             return
+        unacknowledged = self.local_limits.initial_window - stream.recv_window - stream.credit
+        if size > unacknowledged:
+            raise LocalProtocolError(
+                f"acknowledging {size} bytes on stream {stream_id}, but only "
+                f"{unacknowledged} were received and not yet acknowledged"
+            )
         stream.credit += size
         if stream.credit >= self.local_limits.initial_window // 2 or stream.recv_window == 0:
             increment, stream.credit = stream.credit, 0
@@ -528,7 +582,7 @@ class Connection:
 
     def send_ping(self, ping_id: int) -> None:
         """Queue a ping; the peer answers with a pong carrying the same id (LV-1)."""
-        self._queue(Ping(id=ping_id))
+        self._queue(_build(Ping, {"id": ping_id}))
 
     def send_goaway(self, reason: GoAwayReason = GoAwayReason.SHUTDOWN, message: str = "") -> None:
         """Announce that no new streams will be accepted or opened (LV-4). Idempotent."""
@@ -582,11 +636,28 @@ class Connection:
             raise LocalProtocolError("the connection is closed")
         encoded = encode(message)
         assert isinstance(encoded, str)
-        if self.peer_hello is not None and len(encoded) > self.peer_limits.max_frame_size:
-            raise LocalProtocolError(
-                f"{message.type} of {len(encoded)} bytes exceeds the peer's max_frame_size"
-            )
+        if self.peer_hello is not None:
+            limit = self.peer_limits.max_frame_size
+            # The peer measures the UTF-8 encoding (FR-5): up to 4 bytes a character.
+            size = len(encoded)
+            if size * 4 > limit:
+                size = len(encoded.encode("utf-8"))
+            if size > limit:
+                raise LocalProtocolError(
+                    f"{message.type} of {size} bytes exceeds the peer's max_frame_size {limit}"
+                )
         self._outgoing.append(encoded)
+
+
+def _build(model: type[_M], fields: Mapping[str, Any]) -> _M:
+    """Validate a message we are about to send; invalid input is the caller's bug."""
+    try:
+        return model.model_validate(fields)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        where = ".".join(str(part) for part in errors[0]["loc"]) if errors else ""
+        detail = f"{where}: {errors[0]['msg']}" if errors else str(exc)
+        raise LocalProtocolError(f"invalid {model.__name__}: {detail}") from None
 
 
 def _kind(message: Message) -> str:

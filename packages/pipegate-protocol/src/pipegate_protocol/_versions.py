@@ -26,9 +26,11 @@ def negotiate_version(
     Returns the first entry of ``supported`` (our preference order) that the client
     offered, or ``None`` when there is no common version: the server must then refuse
     the upgrade (HS-3). Unknown offers are ignored, so a newer client can offer
-    versions this implementation has never heard of.
+    versions this implementation has never heard of. An item may be a whole
+    comma-separated ``Sec-WebSocket-Protocol`` header value; it is split into tokens.
+    Tokens are matched by exact equality, never ordered or compared as versions (VE-3).
     """
-    offered_set = {item.strip() for item in offered}
+    offered_set = {token.strip() for item in offered for token in item.split(",")}
     for version in supported:
         if version.value in offered_set:
             return version
