@@ -18,8 +18,17 @@ def protocol_json_schema() -> str:
     Regenerate with ``uv run python -m pipegate_protocol.schema > docs/protocol.schema.json``.
     """
     schema: dict[str, Any] = CONTROL_MESSAGE_ADAPTER.json_schema(mode="serialization")
+    for definition in schema.get("$defs", {}).values():
+        # ``type`` has a default in the models, but a message without it cannot be
+        # decoded (it is the discriminator), so the schema requires it.
+        if "const" in definition.get("properties", {}).get("type", {}):
+            definition["required"] = ["type", *definition.get("required", [])]
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$comment": (
+            "Generated from pipegate_protocol; do not edit. Regenerate with: "
+            "uv run python -m pipegate_protocol.schema > docs/protocol.schema.json"
+        ),
         "title": "PipeGate control message",
         "description": (
             "A PipeGate control message, sent as JSON in a WebSocket text message. "
