@@ -1,1 +1,33 @@
-"""PipeGate client: the end of a tunnel next to a local app."""
+"""PipeGate client: the end of a tunnel next to a local app.
+
+Run it with the ``pipegate-client`` command, or in-process::
+
+    settings = ClientSettings(server_url="wss://example.com/node", client_token="...")
+    client = TunnelClient(settings)
+    await client.run()   # until client.stop(); reconnects by itself
+
+Everything importable from here is public; modules starting with ``_`` are not.
+"""
+
+from ._backoff import Backoff
+from ._client import TunnelClient
+from ._settings import DEFAULT_LOCAL_URL, ClientSettings
+from .errors import (
+    ClientError,
+    ConfigurationError,
+    HandshakeRefusedError,
+    TokenRefusedError,
+    VersionRefusedError,
+)
+
+__all__ = [
+    "DEFAULT_LOCAL_URL",
+    "Backoff",
+    "ClientError",
+    "ClientSettings",
+    "ConfigurationError",
+    "HandshakeRefusedError",
+    "TokenRefusedError",
+    "TunnelClient",
+    "VersionRefusedError",
+]

@@ -1,9 +1,180 @@
-"""Command line of ``pipegate-client`` (skeleton; replaced by the real client)."""
+"""Command line of ``pipegate-client``.
+
+Exit codes: 0 after SIGINT/SIGTERM (graceful stop), 1 unexpected error, 2 unusable
+settings (including argparse usage errors), 3 token refused by the server (401/403),
+4 handshake refused otherwise (no common protocol version).
+"""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from ._client import TunnelClient
+from ._settings import DEFAULT_LOCAL_URL, ClientSettings
+from .errors import ClientError, ConfigurationError
+
+__all__ = ["EXIT_ERROR", "EXIT_OK", "build_parser", "main", "settings_from_args"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+logger = logging.getLogger("pipegate_client")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pipegate-client")
-    parser.parse_args(argv)
-    return 0
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipegate-client",
+        description=(
+            "Open a PipeGate tunnel: requests to the public URL printed on stdout are "
+            "relayed to the local app."
+        ),
+        epilog=(
+            "Example: pipegate-client --server-url wss://example.com/node "
+            "--local-url http://localhost:5001 --client-token-file token.txt  "
+            "(https://example.com/node/articles reaches http://localhost:5001/articles). "
+            "Exit codes: 0 stopped by SIGINT/SIGTERM, 1 error, 2 bad settings, "
+            "3 token refused, 4 handshake refused."
+        ),
+    )
+    parser.add_argument(
+        "--server-url",
+        default=os.environ.get("PIPEGATE_SERVER_URL"),
+        help="ws:// or wss:// URL of the server; its last path segment is the connection "
+        "id to claim (env PIPEGATE_SERVER_URL)",
+    )
+    parser.add_argument(
+        "--local-url",
+        default=os.environ.get("PIPEGATE_LOCAL_URL", DEFAULT_LOCAL_URL),
+        help=f"base URL of the local app (env PIPEGATE_LOCAL_URL; default {DEFAULT_LOCAL_URL})",
+    )
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument(
+        "--client-token",
+        help="shared secret for the server (prefer PIPEGATE_CLIENT_TOKEN or "
+        "--client-token-file: a command line is visible in ps)",
+    )
+    token.add_argument("--client-token-file", help="read the client token from this file")
+    parser.add_argument("--ca-file", help="PEM file of a private CA that signed the server's cert")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=128,
+        help="streams the server may have open at once on this tunnel (default 128)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests get to finish on SIGINT/SIGTERM (default 30)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=15.0,
+        help="seconds of server silence before the client pings (default 15)",
+    )
+    parser.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=15.0,
+        help="seconds to wait for the server after a ping before reconnecting (default 15)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("PIPEGATE_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default info)",
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ClientSettings:
+    """Build settings from parsed arguments; raises :class:`ConfigurationError`."""
+    if not args.server_url:
+        raise ConfigurationError("--server-url is required (e.g. wss://example.com/node)")
+    token: str | None = args.client_token
+    if args.client_token_file:
+        try:
+            with open(args.client_token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"--client-token-file {args.client_token_file!r}: {exc.strerror}"
+            ) from None
+    if not token:
+        token = os.environ.get("PIPEGATE_CLIENT_TOKEN", "").strip() or None
+    if not token:
+        raise ConfigurationError(
+            "no client token: pass --client-token-file, set PIPEGATE_CLIENT_TOKEN, "
+            "or pass --client-token"
+        )
+    if args.max_concurrency < 1 or args.max_concurrency > 65535:
+        raise ConfigurationError("--max-concurrency must be within 1..65535")
+    return ClientSettings(
+        server_url=args.server_url,
+        client_token=token,
+        local_url=args.local_url,
+        ca_file=args.ca_file,
+        max_concurrency=args.max_concurrency,
+        grace_period=args.grace_period,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+    )
+
+
+async def _serve(client: TunnelClient) -> None:
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            client.stop()
+        else:
+            logger.warning("second signal: stopping now")
+            main_task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await client.run()
+    except asyncio.CancelledError:
+        if signals_seen < 2:
+            raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.log_level != "debug":
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+    try:
+        settings = settings_from_args(args)
+        client = TunnelClient(settings)
+        asyncio.run(_serve(client))
+    except ClientError as exc:
+        print(f"pipegate-client: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The reconnect loop around tunnel sessions, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any, TextIO
+
+from pipegate_protocol import (
+    FRAME_HEADER_SIZE,
+    Hello,
+    ProtocolVersion,
+    public_url_for,
+)
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+from ._backoff import Backoff
+from ._local import LocalApp
+from ._settings import ClientSettings
+from ._tunnel import AGENT, TunnelSession
+from .errors import (
+    ConfigurationError,
+    TokenRefusedError,
+    VersionRefusedError,
+)
+
+__all__ = ["TunnelClient"]
+
+logger = logging.getLogger("pipegate_client")
+
+
+class _RetryableConnectError(Exception):
+    """A connection attempt failed in a way that a later attempt may not."""
+
+
+class TunnelClient:
+    """Keeps one tunnel to a PipeGate server up and relays its streams to the local app.
+
+    :meth:`run` connects, serves, and reconnects with exponential backoff and jitter
+    whenever the server goes away, restarts, refuses a duplicate id (409) or breaks the
+    protocol. It returns after :meth:`stop` (a graceful shutdown) and raises
+    :class:`~pipegate_client.errors.HandshakeRefusedError` when retrying cannot help
+    (token refused: :class:`~pipegate_client.errors.TokenRefusedError`).
+
+    Each time the tunnel is established the public URL is written, alone on a line, to
+    ``output`` (stdout by default) and :attr:`connected` is set.
+    """
+
+    def __init__(self, settings: ClientSettings, *, output: TextIO | None = None) -> None:
+        self.settings = settings
+        self.connection_id = settings.connection_id
+        self._output = output
+        #: Public URL of the tunnel; known once the server's hello arrived.
+        self.public_url: str | None = None
+        #: Set while a tunnel is established; cleared when it drops.
+        self.connected = asyncio.Event()
+        #: How many times a tunnel was established (reconnects included).
+        self.sessions_established = 0
+        self._stopping = asyncio.Event()
+        self._grace_period = settings.grace_period
+        self._session: TunnelSession | None = None
+        self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
+
+    # ------------------------------------------------------------ control
+
+    def stop(self, grace_period: float | None = None) -> None:
+        """Ask :meth:`run` to finish: go-away, let in-flight streams end (up to the grace
+        period), close the tunnel with 1000 and return. Safe to call from a signal
+        handler installed with ``loop.add_signal_handler``; idempotent."""
+        if grace_period is not None:
+            self._grace_period = grace_period
+        if not self._stopping.is_set():
+            logger.info("[%s] shutting down", self.connection_id)
+        self._stopping.set()
+        if self._session is not None:
+            self._session.shutdown(self._grace_period)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # ------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; see the class docstring for what it raises."""
+        async with LocalApp(self.settings) as local:
+            while not self._stopping.is_set():
+                try:
+                    websocket = await self._until_stopped(self._connect())
+                except _RetryableConnectError as exc:
+                    await self._wait_before_retry(str(exc))
+                    continue
+                if websocket is None:
+                    break
+                session = TunnelSession(
+                    websocket, self.settings, local, on_established=self._established
+                )
+                self._session = session
+                if self._stopping.is_set():
+                    session.shutdown(self._grace_period)
+                try:
+                    outcome = await session.run()
+                finally:
+                    self._session = None
+                    self.connected.clear()
+                if outcome.stopped or self._stopping.is_set():
+                    break
+                if outcome.established and not outcome.protocol_error:
+                    self._backoff.reset()
+                await self._wait_before_retry(
+                    f"tunnel closed ({outcome.close_code or 'no close code'}"
+                    f"{': ' + outcome.reason if outcome.reason else ''})"
+                )
+        logger.info("[%s] stopped", self.connection_id)
+
+    async def _until_stopped(
+        self, coro: Coroutine[Any, Any, ClientConnection]
+    ) -> ClientConnection | None:
+        """Run a connection attempt unless stop() comes first (then ``None``)."""
+        attempt = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({attempt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if attempt.done():
+            if self._stopping.is_set() and attempt.exception() is None:
+                await attempt.result().close()
+                return None
+            return attempt.result()
+        attempt.cancel()
+        await asyncio.gather(attempt, return_exceptions=True)
+        return None
+
+    async def _wait_before_retry(self, why: str) -> None:
+        if self._stopping.is_set():
+            return
+        delay = self._backoff.next_delay()
+        logger.warning("[%s] %s; reconnecting in %.1fs", self.connection_id, why, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _connect(self) -> ClientConnection:
+        settings = self.settings
+        try:
+            websocket = await connect(
+                settings.server_url,
+                subprotocols=[ProtocolVersion.V1.value],  # type: ignore[list-item]
+                additional_headers={"Authorization": f"Bearer {settings.client_token}"},
+                user_agent_header=AGENT,
+                compression=None,
+                open_timeout=settings.connect_timeout,
+                ping_interval=None,
+                ping_timeout=None,
+                close_timeout=5,
+                max_size=settings.max_frame_size + FRAME_HEADER_SIZE,
+                write_limit=256 * 1024,
+                ssl=settings.server_ssl_context(),
+            )
+        except InvalidStatus as exc:
+            raise self._refusal(exc) from None
+        except InvalidURI as exc:
+            raise ConfigurationError(f"--server-url: {exc}") from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise _RetryableConnectError(
+                f"cannot reach {settings.server_url}: {_describe(exc)}"
+            ) from None
+        if websocket.subprotocol != ProtocolVersion.V1.value:
+            await websocket.close()
+            raise VersionRefusedError(
+                f"the server at {settings.server_url} accepted the WebSocket without the "
+                f"{ProtocolVersion.V1.value} subprotocol; it is not a compatible PipeGate server"
+            )
+        return websocket
+
+    def _refusal(self, exc: InvalidStatus) -> Exception:
+        status = exc.response.status_code
+        reason = (exc.response.body or b"").decode("utf-8", errors="replace").strip()
+        reason = reason.splitlines()[0][:200] if reason else ""
+        detail = f"{status}{': ' + reason if reason else ''}"
+        if status in (401, 403):
+            return TokenRefusedError(
+                f"the server refused the client token ({detail}); check --client-token "
+                "or PIPEGATE_CLIENT_TOKEN",
+                status=status,
+            )
+        if status == 400:
+            return VersionRefusedError(
+                f"the server refused the tunnel handshake ({detail})", status=status
+            )
+        if status == 409:
+            return _RetryableConnectError(
+                f"connection id {self.connection_id!r} is already connected from another "
+                f"client ({detail})"
+            )
+        return _RetryableConnectError(f"the server answered the tunnel upgrade with {detail}")
+
+    def _established(self, hello: Hello) -> None:
+        url = hello.public_url or public_url_for(self.settings.server_url)
+        self.public_url = url
+        self.sessions_established += 1
+        logger.info(
+            "[%s] tunnel established: %s -> %s",
+            self.connection_id,
+            url,
+            self.settings.local_url,
+        )
+        output = self._output if self._output is not None else sys.stdout
+        print(url, file=output, flush=True)
+        self.connected.set()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, ConnectionRefusedError) or "refused" in text.lower():
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -1,0 +1,268 @@
+"""Calls to the local app: one aiohttp session, used as transparently as it allows.
+
+aiohttp was chosen over httpx for speed (see the package README). Everything it would
+add or change on its own is switched off: no decompression, no redirects, no cookie
+jar, no default ``Accept``/``Accept-Encoding``/``User-Agent``/``Content-Type``, the
+request target is sent as the caller wrote it (``yarl.URL(..., encoded=True)``), the
+method keeps its case, and duplicate headers stay duplicates both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import ssl
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import pydantic
+from aiohttp import ClientRequest, hdrs
+from multidict import CIMultiDict
+from pipegate_protocol import LocalProtocolError, ResetCode, strip_hop_by_hop
+from yarl import URL
+
+from ._settings import ClientSettings
+from ._stream import StreamChannel, StreamGone
+
+__all__ = ["LocalApp", "relay_http", "wire_str"]
+
+logger = logging.getLogger("pipegate_client")
+
+#: Request body bytes we read and drop after the response is complete before giving up
+#: and resetting the stream, so that an early response (413, 502) reaches the caller.
+_DISCARD_LIMIT = 4 * 1024 * 1024
+_DISCARD_TIMEOUT = 5.0
+
+
+class _TransparentRequest(ClientRequest):
+    """aiohttp upper-cases the method; HTTP methods are case-sensitive, so undo that."""
+
+    def __init__(self, method: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(method, *args, **kwargs)
+        self.method = method
+
+
+def wire_str(value: str) -> str:
+    """Turn a protocol string (one char per byte) into what aiohttp encodes as the same
+    bytes. aiohttp encodes request heads as UTF-8, so bytes that form valid UTF-8 (the
+    usual non-ASCII case) survive exactly; other high bytes cannot pass through it."""
+    if value.isascii():
+        return value
+    raw = value.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
+class LocalApp:
+    """The local app behind the tunnel: URL building and the shared HTTP session."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        parts = urlsplit(settings.local_url)
+        self.base_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        #: How the local app is named in logs and 502 reasons (scheme + authority).
+        self.label = f"{parts.scheme}://{parts.netloc}"
+        self.websocket_base = ("wss" if parts.scheme == "https" else "ws") + self.base_url[
+            len(parts.scheme) :
+        ]
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> LocalApp:
+        connect = self._settings.local_connect_timeout
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self._settings.max_concurrency, limit_per_host=0, ttl_dns_cache=10
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=(
+                hdrs.ACCEPT,
+                hdrs.ACCEPT_ENCODING,
+                hdrs.USER_AGENT,
+                hdrs.CONTENT_TYPE,
+            ),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=connect if connect > 0 else None
+            ),
+            request_class=_TransparentRequest,
+            requote_redirect_url=False,
+            trust_env=False,
+            read_bufsize=256 * 1024,
+            max_line_size=64 * 1024,
+            max_field_size=64 * 1024,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def connect_timeout(self) -> float | None:
+        """Seconds allowed to connect to the local app, ``None`` for no limit."""
+        timeout = self._settings.local_connect_timeout
+        return timeout if timeout > 0 else None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("LocalApp is not open; use 'async with'")
+        return self._session
+
+    def http_url(self, path: str, query: str) -> URL:
+        """``<local_url><path>?<query>`` with the caller's bytes, not re-encoded."""
+        target = self.base_url + wire_str(path) + ("?" + wire_str(query) if query else "")
+        return URL(target, encoded=True)
+
+    def websocket_url(self, path: str, query: str) -> str:
+        return self.websocket_base + wire_str(path) + ("?" + wire_str(query) if query else "")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.base_url.startswith("https:"):
+            return None
+        return ssl.create_default_context()
+
+    def unreachable_reason(self, exc: BaseException) -> str:
+        """One line for a 502 body: why the local app could not be reached."""
+        return f"local app at {self.label} unreachable: {_describe(exc)}"
+
+
+def _describe(exc: BaseException) -> str:
+    os_error: BaseException = exc
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+    code = getattr(os_error, "errno", None)
+    if code == errno.ECONNREFUSED or "refused" in str(os_error).lower():
+        return "connection refused"
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "it closed the connection without answering"
+    if isinstance(code, int) and code > 0:
+        return os.strerror(code).lower()
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def request_headers(channel: StreamChannel) -> CIMultiDict[str]:
+    """Headers for the local app: the caller's, minus hop-by-hop and ``Host`` (aiohttp
+    sets ``Host`` to the local URL's authority; the original is in X-Forwarded-Host)."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in strip_hop_by_hop(channel.open.headers):
+        if name.lower() == "host":
+            continue
+        headers.add(name, wire_str(value))
+    return headers
+
+
+_LOCAL_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+async def relay_http(channel: StreamChannel, app: LocalApp, connection_id: str) -> None:
+    """Relay one HTTP stream to the local app and its answer back, both bodies streamed.
+
+    Errors before the response head become a 502 with a one-line reason; after it, the
+    stream is reset (``upstream_failed``). :class:`StreamGone` and cancellation (the
+    server reset the stream) propagate; aiohttp then drops the local connection.
+    """
+    message = channel.open
+    started = time.monotonic()
+    status: int | str = "-"
+    body: AsyncIterator[bytes] | None = None if message.end_stream else channel.request_body()
+    try:
+        async with app.session.request(
+            message.method,
+            app.http_url(message.path, message.query),
+            headers=request_headers(channel),
+            data=body,
+            allow_redirects=False,
+            ssl=app.ssl_context() or True,
+        ) as response:
+            status = response.status
+            await _relay_response(channel, response, app)
+    except _LOCAL_ERRORS as exc:
+        if channel.response_started:
+            status = f"{status} (local app failed mid-body: {_describe(exc)})"
+            await channel.reset(ResetCode.UPSTREAM_FAILED, f"local app failed: {_describe(exc)}")
+        else:
+            status = 502
+            await send_plain_error(channel, 502, app.unreachable_reason(exc))
+    except asyncio.CancelledError:
+        status = f"{status} (reset by server)"
+        raise
+    except StreamGone:
+        status = f"{status} (stream gone)"
+        raise
+    finally:
+        logger.info(
+            "[%s] %s %s %s %.1fms in=%dB out=%dB",
+            connection_id,
+            message.method,
+            message.path,
+            status,
+            (time.monotonic() - started) * 1000,
+            channel.bytes_received,
+            channel.bytes_sent,
+        )
+    if channel.is_open and not await channel.discard_request_body(
+        limit=_DISCARD_LIMIT, seconds=_DISCARD_TIMEOUT
+    ):
+        await channel.reset(ResetCode.CANCELLED, "response complete; request body not read")
+
+
+async def send_plain_error(channel: StreamChannel, status: int, reason: str) -> None:
+    """Answer with ``status`` and ``reason`` as a one-line text/plain body."""
+    body = (reason + "\n").encode("utf-8")
+    headers = [
+        ("content-type", "text/plain; charset=utf-8"),
+        ("content-length", str(len(body))),
+    ]
+    await channel.send_response(status, headers)
+    await channel.send_body(body, end_stream=True)
+
+
+async def _relay_response(
+    channel: StreamChannel, response: aiohttp.ClientResponse, app: LocalApp
+) -> None:
+    status = response.status
+    headers = strip_hop_by_hop(
+        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.raw_headers]
+    )
+    no_body = channel.open.method == "HEAD" or status in (204, 304)
+    if status < 200:
+        await send_plain_error(
+            channel, 502, f"local app at {app.label} answered status {status} to a plain request"
+        )
+        return
+    try:
+        await channel.send_response(status, headers, end_stream=no_body)
+    except (pydantic.ValidationError, LocalProtocolError) as exc:
+        first = str(exc).splitlines()[0]
+        await send_plain_error(
+            channel, 502, f"local app at {app.label} sent an unusable response head: {first}"
+        )
+        return
+    if no_body:
+        return
+    content = response.content
+    while True:
+        size = await channel.send_capacity()
+        chunk = await content.read(size)
+        end = not chunk or content.at_eof()
+        await channel.send_body(chunk, end_stream=end)
+        if end:
+            return

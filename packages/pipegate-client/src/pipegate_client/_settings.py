@@ -1,0 +1,111 @@
+"""The client's settings, validated once so the rest of the code can trust them."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from pipegate_protocol import Limits, connection_id_from_url
+
+from .errors import ConfigurationError
+
+__all__ = ["DEFAULT_LOCAL_URL", "ClientSettings"]
+
+#: Where the local app is expected when ``--local-url`` is not given.
+DEFAULT_LOCAL_URL = "http://localhost:5001"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a :class:`~pipegate_client.TunnelClient` needs.
+
+    Construction validates the values and raises :class:`ConfigurationError` with a
+    message meant for the person who typed them. ``client_token`` never appears in
+    ``repr()`` so that settings can be logged.
+    """
+
+    #: ``ws://`` or ``wss://`` URL of the tunnel endpoint; its last path segment is
+    #: the connection id to claim.
+    server_url: str
+    #: The shared secret presented as ``Authorization: Bearer <token>``.
+    client_token: str = field(repr=False)
+    #: Base URL of the local app; a request for ``/<id>/a?b`` goes to ``<local_url>/a?b``.
+    local_url: str = DEFAULT_LOCAL_URL
+    #: PEM file of a private CA to trust for a ``wss://`` server URL.
+    ca_file: str | None = None
+    #: Streams the server may have open at once on this tunnel (advertised in hello).
+    max_concurrency: int = 128
+    #: Seconds that in-flight streams get to finish after SIGINT/SIGTERM.
+    grace_period: float = 30.0
+    #: Seconds of silence from the server before the client sends a ping.
+    ping_interval: float = 15.0
+    #: Seconds to wait for any message after a ping before declaring the server dead.
+    ping_timeout: float = 15.0
+    #: Seconds allowed for TCP + TLS + WebSocket handshake with the server.
+    connect_timeout: float = 10.0
+    #: Seconds allowed to connect to the local app (0 or less: no limit).
+    local_connect_timeout: float = 10.0
+    #: First reconnect delay and the cap of the exponential backoff, in seconds.
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    #: Largest data-frame payload we accept; advertised as Limits.max_frame_size.
+    max_frame_size: int = 256 * 1024
+    #: Per-stream receive window; bounds the request body buffered per stream.
+    initial_window: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        try:
+            connection_id_from_url(self.server_url)
+        except ValueError as exc:
+            raise ConfigurationError(f"--server-url: {exc}") from None
+        if not self.client_token or any(ch.isspace() for ch in self.client_token):
+            raise ConfigurationError(
+                "a client token is required and must not contain whitespace: pass "
+                "--client-token, --client-token-file or set PIPEGATE_CLIENT_TOKEN"
+            )
+        local = urlsplit(self.local_url)
+        if local.scheme not in ("http", "https") or not local.hostname:
+            raise ConfigurationError(
+                f"--local-url must be an http:// or https:// URL with a host, "
+                f"got {self.local_url!r}"
+            )
+        if local.query or local.fragment:
+            raise ConfigurationError("--local-url must not have a query or fragment")
+        if self.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(f"--ca-file {self.ca_file!r}: {exc}") from None
+        for name in ("grace_period", "backoff_initial", "backoff_max"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name} must not be negative")
+        for name in ("ping_interval", "ping_timeout", "connect_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be positive")
+        if self.backoff_initial <= 0 or self.backoff_max < self.backoff_initial:
+            raise ConfigurationError("backoff needs 0 < backoff_initial <= backoff_max")
+        try:
+            _ = self.limits
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid limits: {exc}") from None
+
+    @property
+    def connection_id(self) -> str:
+        """The connection id this client claims (last path segment of server_url)."""
+        return connection_id_from_url(self.server_url)
+
+    @property
+    def limits(self) -> Limits:
+        """What this client is willing to receive, as advertised in its hello."""
+        return Limits(
+            max_frame_size=self.max_frame_size,
+            initial_window=self.initial_window,
+            max_concurrent_streams=self.max_concurrency,
+        )
+
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        """TLS context for a ``wss://`` server: system roots, or only ``ca_file``."""
+        if urlsplit(self.server_url).scheme != "wss":
+            return None
+        return ssl.create_default_context(cafile=self.ca_file)

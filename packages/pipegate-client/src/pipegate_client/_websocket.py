@@ -1,0 +1,224 @@
+"""WebSocket passthrough: relay a ``websocket`` stream to the local app's WebSocket.
+
+The local handshake happens first; its outcome becomes the stream's response (101 with
+the subprotocol the local app chose, or the local app's refusal with its status, headers
+and body). Then messages flow both ways as fragments of at most the peer's frame size,
+each direction flow controlled, and a close on either side ends the stream with the
+same code and reason on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from pipegate_protocol import ResetCode, WebSocketClose, WebSocketData, strip_hop_by_hop
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.typing import Subprotocol
+
+from ._local import LocalApp, send_plain_error, wire_str
+from ._stream import StreamChannel
+
+__all__ = ["relay_websocket", "sendable_close_code"]
+
+logger = logging.getLogger("pipegate_client")
+
+#: Request headers that belong to the caller's own handshake with the server.
+_HANDSHAKE_REQUEST_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-accept",
+        "sec-websocket-protocol",
+    }
+)
+#: Response headers that belong to the local handshake only.
+_HANDSHAKE_RESPONSE_HEADERS = frozenset(
+    {"sec-websocket-accept", "sec-websocket-extensions", "content-length"}
+)
+#: Largest frame we accept from the local app; messages may be any size (streamed).
+_MAX_LOCAL_FRAME = 1024 * 1024
+
+
+def sendable_close_code(code: int | None) -> int:
+    """A close code that may appear on the wire (RFC 6455 7.4), for one that might not:
+    "no status" becomes 1000, "abnormal closure" and TLS failure become 1011."""
+    if code is None or code in (1006, 1015):
+        return 1011
+    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return 1000
+
+
+def _subprotocols(headers: tuple[tuple[str, str], ...]) -> list[Subprotocol]:
+    return [
+        Subprotocol(item.strip())
+        for name, value in headers
+        if name.lower() == "sec-websocket-protocol"
+        for item in value.split(",")
+        if item.strip()
+    ]
+
+
+async def relay_websocket(channel: StreamChannel, app: LocalApp, connection_id: str) -> None:
+    """Relay one ``websocket`` stream; see the module docstring."""
+    message = channel.open
+    started = time.monotonic()
+    outcome = "-"
+    try:
+        try:
+            local = await connect(
+                app.websocket_url(message.path, message.query),
+                subprotocols=_subprotocols(message.headers) or None,
+                additional_headers=[
+                    (name, wire_str(value))
+                    for name, value in strip_hop_by_hop(message.headers)
+                    if name.lower() not in _HANDSHAKE_REQUEST_HEADERS
+                ],
+                user_agent_header=None,
+                compression=None,
+                proxy=None,
+                ping_interval=None,
+                max_size=(None, _MAX_LOCAL_FRAME),
+                open_timeout=app.connect_timeout,
+                close_timeout=5,
+                ssl=app.ssl_context(),
+            )
+        except InvalidStatus as exc:
+            refusal = exc.response
+            body = bytes(refusal.body or b"")
+            outcome = f"{refusal.status_code} (websocket refused)"
+            headers = [
+                (name, value)
+                for name, value in strip_hop_by_hop(list(refusal.headers.raw_items()))
+                if name.lower() not in _HANDSHAKE_RESPONSE_HEADERS
+            ]
+            headers.append(("content-length", str(len(body))))
+            await channel.send_response(refusal.status_code, headers, end_stream=not body)
+            if body:
+                await channel.send_body(body, end_stream=True)
+            return
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            outcome = "502 (websocket)"
+            await send_plain_error(channel, 502, app.unreachable_reason(exc))
+            return
+        try:
+            assert local.response is not None
+            headers = [
+                (name, value)
+                for name, value in strip_hop_by_hop(list(local.response.headers.raw_items()))
+                if name.lower() not in _HANDSHAKE_RESPONSE_HEADERS
+            ]
+            await channel.send_response(101, headers)
+            outcome = "101 websocket"
+            close = await _relay_messages(channel, local)
+            outcome = f"101 websocket closed {close}"
+        finally:
+            await local.close(1001, "tunnel stream ended")
+    except asyncio.CancelledError:
+        outcome = f"{outcome} (reset by server)"
+        raise
+    finally:
+        logger.info(
+            "[%s] %s %s %s %.1fms in=%dB out=%dB",
+            connection_id,
+            message.method,
+            message.path,
+            outcome,
+            (time.monotonic() - started) * 1000,
+            channel.bytes_received,
+            channel.bytes_sent,
+        )
+
+
+async def _relay_messages(channel: StreamChannel, local: ClientConnection) -> str:
+    """Pump both directions until one side closes; returns a description of the close."""
+    outcome: list[str] = []
+    to_tunnel = asyncio.create_task(_local_to_tunnel(channel, local, outcome))
+    to_local = asyncio.create_task(_tunnel_to_local(channel, local, outcome))
+    try:
+        done, _ = await asyncio.wait({to_tunnel, to_local}, return_when=asyncio.FIRST_COMPLETED)
+        if to_local in done and to_local.exception() is None:
+            # We closed the local side; let the other pump see that close and stop.
+            await asyncio.wait({to_tunnel}, timeout=6)
+    finally:
+        for task in (to_tunnel, to_local):
+            task.cancel()
+        results = await asyncio.gather(to_tunnel, to_local, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    if channel.is_open:
+        await channel.reset(ResetCode.CANCELLED, "websocket relay ended")
+    return outcome[0] if outcome else "?"
+
+
+async def _local_to_tunnel(
+    channel: StreamChannel, local: ClientConnection, outcome: list[str]
+) -> None:
+    try:
+        while True:
+            pending: bytes | None = None
+            text = False
+            async for fragment in local.recv_streaming():
+                if pending is not None:
+                    await channel.send_websocket(pending, text=text, fin=False)
+                text = isinstance(fragment, str)
+                pending = fragment.encode("utf-8") if isinstance(fragment, str) else fragment
+                channel.bytes_sent += len(pending)
+            await channel.send_websocket(pending or b"", text=text, fin=True)
+    except ConnectionClosed as exc:
+        received = exc.rcvd
+        code = sendable_close_code(received.code if received is not None else None)
+        reason = received.reason if received is not None else "local app connection lost"
+        outcome.append(f"by local app ({code})")
+        await channel.send_websocket_close(code, reason)
+
+
+async def _tunnel_to_local(
+    channel: StreamChannel, local: ClientConnection, outcome: list[str]
+) -> None:
+    while True:
+        item = await channel.inbox.get()
+        if isinstance(item, WebSocketClose):
+            outcome.append(f"by caller ({item.code})")
+            await local.close(sendable_close_code(item.code), item.reason)
+            return
+        if not isinstance(item, WebSocketData):
+            continue
+        if item.fin:
+            await local.send(item.data, text=item.text)
+            channel.acknowledge(len(item.data))
+            continue
+        close_seen: list[WebSocketClose] = []
+        await local.send(_fragments(channel, item, close_seen), text=item.text)
+        if close_seen:
+            outcome.append(f"by caller ({close_seen[0].code})")
+            await local.close(sendable_close_code(close_seen[0].code), close_seen[0].reason)
+            return
+
+
+async def _fragments(
+    channel: StreamChannel, first: WebSocketData, close_seen: list[WebSocketClose]
+) -> AsyncIterator[bytes]:
+    """Fragments of one message as they arrive from the tunnel (acknowledged once sent)."""
+    item: WebSocketData = first
+    while True:
+        yield item.data
+        channel.acknowledge(len(item.data))
+        if item.fin:
+            return
+        while True:
+            next_item = await channel.inbox.get()
+            if isinstance(next_item, WebSocketClose):
+                close_seen.append(next_item)
+                return
+            if isinstance(next_item, WebSocketData):
+                item = next_item
+                break

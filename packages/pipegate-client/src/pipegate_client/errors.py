@@ -1,0 +1,61 @@
+"""Errors raised by :mod:`pipegate_client`.
+
+The whole tree::
+
+    ClientError                    something stops the client from doing its job
+    ├── ConfigurationError         the settings are unusable (bad URL, no token...)    exit 2
+    └── HandshakeRefusedError      the server refused the tunnel for good (.status)
+        ├── TokenRefusedError      401/403: the token is missing or wrong               exit 3
+        └── VersionRefusedError    400 or no subprotocol: no common protocol version    exit 4
+
+Errors the client recovers from by itself (the server is down, restarts, sends a
+broken frame, refuses a duplicate id with 409) never leave :meth:`TunnelClient.run`;
+they are logged and followed by a reconnect with backoff. Failures of the local app
+never leave a stream: the caller gets a 502 or a reset instead.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClientError",
+    "ConfigurationError",
+    "HandshakeRefusedError",
+    "TokenRefusedError",
+    "VersionRefusedError",
+]
+
+
+class ClientError(Exception):
+    """Base of every error this package raises."""
+
+    #: Process exit code the command line uses for this error.
+    exit_code: int = 1
+
+
+class ConfigurationError(ClientError, ValueError):
+    """The settings cannot work (invalid URL, missing token, unreadable CA file)."""
+
+    exit_code = 2
+
+
+class HandshakeRefusedError(ClientError):
+    """The server answered the tunnel upgrade with a status that retrying cannot fix."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        #: HTTP status of the refusal, ``None`` when the upgrade succeeded but was unusable.
+        self.status = status
+
+
+class TokenRefusedError(HandshakeRefusedError):
+    """The server refused the client token (401 missing, 403 wrong or not allowed)."""
+
+    exit_code = 3
+
+
+class VersionRefusedError(HandshakeRefusedError):
+    """The server speaks no protocol version this client speaks."""
+
+    exit_code = 4
