@@ -77,11 +77,13 @@ def decode(payload: str | bytes) -> Message:
 
     Text is a JSON control message, bytes are a data frame. Anything else, or anything
     malformed, raises :class:`~pipegate_protocol.errors.DecodeError` and nothing else
-    (rule FR-6).
+    (rule FR-6). JSON members must have exactly their schema's JSON type (FR-1).
     """
     if isinstance(payload, str):
         try:
-            return CONTROL_MESSAGE_ADAPTER.validate_json(payload)
+            # Strict: every member has one JSON type (FR-1); "1" is not a stream id and
+            # 1 is not a boolean, so peers cannot come to rely on lenient coercions.
+            return CONTROL_MESSAGE_ADAPTER.validate_json(payload, strict=True)
         except pydantic.ValidationError as exc:
             raise DecodeError(f"malformed control message: {_first_error(exc)}") from None
         except (ValueError, RecursionError) as exc:  # pragma: no cover - pydantic wraps most
