@@ -1,0 +1,103 @@
+"""WebSocket passthrough: a caller's WebSocket to ``/<id>/<path>`` reaches the local app."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pipegate_conformance.harness import Tunnel
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+
+def _ws_url(tunnel: Tunnel, path: str) -> str:
+    return f"{tunnel.server_ws_url}{path}"
+
+
+def test_text_and_binary_echo(tunnel: Tunnel) -> None:
+    with connect(_ws_url(tunnel, "/ws/echo"), open_timeout=10, close_timeout=5) as ws:
+        for index in range(20):
+            ws.send(f"hello {index} ünïcode")
+            assert ws.recv(timeout=10) == f"hello {index} ünïcode"
+        payload = os.urandom(4096)
+        ws.send(payload)
+        assert ws.recv(timeout=10) == payload
+        ws.send(b"")
+        assert ws.recv(timeout=10) == b""
+
+
+def test_large_message_is_reassembled(tunnel: Tunnel) -> None:
+    """A 3 MiB message is bigger than any tunnel frame, so it travels in fragments."""
+    payload = os.urandom(3 * 1024 * 1024)
+    with connect(_ws_url(tunnel, "/ws/echo"), max_size=None, open_timeout=10) as ws:
+        ws.send(payload)
+        assert ws.recv(timeout=30) == payload
+
+
+def test_subprotocol_is_negotiated_with_the_local_app(tunnel: Tunnel) -> None:
+    with connect(_ws_url(tunnel, "/ws/echo"), subprotocols=["chat.v2", "chat.v1"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "chat.v2"
+        ws.send("ping")
+        assert ws.recv(timeout=10) == "ping"
+
+
+@pytest.mark.parametrize("code", [1000, 4321])
+def test_close_code_from_the_local_app_reaches_the_caller(tunnel: Tunnel, code: int) -> None:
+    with (
+        connect(_ws_url(tunnel, f"/ws/close/{code}"), open_timeout=10) as ws,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == code
+
+
+def test_close_asked_by_caller_message(tunnel: Tunnel) -> None:
+    with connect(_ws_url(tunnel, "/ws/echo"), open_timeout=10) as ws:
+        ws.send("close:4400")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4400
+
+
+def test_websocket_refused_by_local_app_is_not_101(tunnel: Tunnel) -> None:
+    """The origin refuses WebSockets outside /ws/echo; the caller must not get a socket
+    that silently does nothing."""
+    status = 101
+    try:
+        with connect(_ws_url(tunnel, "/ws/nothing-here"), open_timeout=10) as ws:
+            closed_code = _closed_code(ws)
+    except InvalidStatus as refused:
+        status = refused.response.status_code
+    if status == 101:
+        assert closed_code != 1000
+    else:
+        assert status >= 400
+
+
+def _closed_code(ws: ClientConnection) -> int | None:
+    try:
+        ws.recv(timeout=10)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+    raise AssertionError("the socket stayed open and answered")
+
+
+def test_websocket_to_unknown_id_is_404(tunnel: Tunnel) -> None:
+    url = tunnel.server_ws_url.rsplit("/", 1)[0] + "/nobody-here/ws/echo"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, open_timeout=10)
+    assert refused.value.response.status_code == 404
+
+
+def test_many_websockets_at_once(tunnel: Tunnel) -> None:
+    sockets = [connect(_ws_url(tunnel, "/ws/echo"), open_timeout=10) for _ in range(10)]
+    try:
+        for index, ws in enumerate(sockets):
+            ws.send(f"socket {index}")
+        for index, ws in enumerate(sockets):
+            assert ws.recv(timeout=10) == f"socket {index}"
+    finally:
+        for ws in sockets:
+            ws.close()
