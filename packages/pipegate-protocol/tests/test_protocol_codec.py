@@ -314,6 +314,8 @@ def test_FR_4_escaped_and_raw_utf8_json_mean_the_same_byte() -> None:
         ("headers", [["x", "\u0100"]]),  # above U+00FF
         ("headers", [["x", "a\nb"]]),  # LF
         ("headers", [["x", "a\rb"]]),  # CR
+        ("headers", [["x", "a\n"]]),  # trailing LF ($ must not match before it)
+        ("headers", [["x\n", "a"]]),
         ("headers", [["x", "\x00"]]),  # NUL
         ("headers", [["x", "\x7f"]]),  # DEL
         ("headers", [["", "v"]]),  # empty name
@@ -322,6 +324,9 @@ def test_FR_4_escaped_and_raw_utf8_json_mean_the_same_byte() -> None:
         ("headers", [["x", "v", "extra"]]),  # not a pair
         ("path", "relative"),
         ("path", "/with space"),
+        ("path", "/a\n"),
+        ("query", "a=1\n"),
+        ("method", "GET\n"),
         ("path", "/\u0100"),
         ("path", ""),
         ("query", "a b"),

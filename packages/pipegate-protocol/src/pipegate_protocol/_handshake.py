@@ -19,8 +19,9 @@ __all__ = [
     "strip_hop_by_hop",
 ]
 
-#: Connection ids are 1-64 characters of ``[A-Za-z0-9_-]`` (HS-1).
-CONNECTION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Connection ids are 1-64 characters of ``[A-Za-z0-9_-]`` (HS-1). ``\Z``, not ``$``:
+#: in Python ``$`` also matches before a trailing newline, which would admit ``"id\n"``.
+CONNECTION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 #: The first path segment a server keeps for itself; no connection id may take it (HS-1).
 RESERVED_PREFIX = "_pipegate"
 #: Alternative to ``Authorization: Bearer`` for presenting the client token (HS-2).
@@ -44,7 +45,7 @@ HOP_BY_HOP_HEADERS = frozenset(
 
 def is_valid_connection_id(value: str) -> bool:
     """True for a syntactically valid, non-reserved connection id (HS-1)."""
-    return bool(CONNECTION_ID_PATTERN.match(value)) and value != RESERVED_PREFIX
+    return CONNECTION_ID_PATTERN.fullmatch(value) is not None and value != RESERVED_PREFIX
 
 
 def connection_id_from_url(server_url: str) -> str:
