@@ -1,0 +1,323 @@
+"""The application: routing, the tunnel endpoint, health, shutdown and reloads.
+
+Routing, decided on the raw path of every request:
+
+* ``/_pipegate/...`` — the server's own endpoints (FastAPI routes), e.g. health;
+* WebSocket upgrade at exactly ``/<id>`` — the tunnel endpoint for a client;
+* anything else at ``/<id>`` or below — relayed through the tunnel for ``<id>``
+  (HTTP requests of every method, and WebSocket upgrades below the id).
+
+The tunnel endpoint checks the id's syntax (404), the token (401 missing, 403 wrong
+or not allowed for this id), the protocol version (400), the per-token tunnel limit
+(429) and whether the id is taken (409) — all before accepting, answering with a
+real HTTP response and one log line that never contains the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI
+from pipegate_protocol import (
+    KNOWN_VERSIONS,
+    RESERVED_PREFIX,
+    CloseCode,
+    GoAwayReason,
+    extract_client_token,
+    is_valid_connection_id,
+    negotiate_version,
+)
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ._auth import Authenticator, FailureTracker, load_tokens_file
+from ._registry import TunnelRegistry
+from ._relay import Relay, deny_websocket, send_plain
+from ._settings import ServerSettings
+from ._tunnel import Tunnel
+from .errors import ConfigurationError, ServerError
+
+__all__ = ["Gateway", "create_app"]
+
+logger = logging.getLogger("pipegate.server")
+
+try:
+    __version__ = version("pipegate-server")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0"
+
+_RESERVED = b"/" + RESERVED_PREFIX.encode("ascii")
+
+
+def _read_token_file(settings: ServerSettings) -> str | None:
+    if settings.client_token_file is None:
+        return settings.client_token
+    try:
+        token = settings.client_token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read client token file {str(settings.client_token_file)!r}: {exc.strerror}"
+        ) from None
+    if not token:
+        raise ConfigurationError(f"client token file {str(settings.client_token_file)!r} is empty")
+    return token
+
+
+class Gateway:
+    """The running server's state: tunnels, credentials, shutdown and reload.
+
+    ``create_app`` puts one on ``app.state.gateway``; the command line uses it to
+    drain on SIGTERM (:meth:`drain`) and to re-read credentials on SIGHUP
+    (:meth:`reload`).
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.registry = TunnelRegistry()
+        self.relay = Relay(settings, self.registry)
+        self.failures = FailureTracker(settings.bad_token_budget)
+        self.authenticator = Authenticator(*self._load_credentials())
+        self.agent = f"pipegate-server/{__version__}"
+
+    def _load_credentials(self) -> tuple[str | None, list[Any]]:
+        token = _read_token_file(self.settings)
+        credentials = []
+        if self.settings.tokens_file is not None:
+            credentials = load_tokens_file(self.settings.tokens_file)
+        return token, credentials
+
+    @property
+    def draining(self) -> bool:
+        return self.relay.draining
+
+    # ------------------------------------------------------------------ operations
+
+    def reload(self) -> bool:
+        """Re-read the token file and the tokens file; close tunnels whose token went.
+
+        Connected tunnels whose credential is still valid for their id are not
+        touched. On a read error the old credentials stay and False is returned.
+        """
+        try:
+            self.authenticator.replace(*self._load_credentials())
+        except ServerError as exc:
+            logger.error("credentials reload failed, keeping the old ones: %s", exc)
+            return False
+        revoked = 0
+        for tunnel in self.registry.running():
+            credential = self.authenticator.current(tunnel.credential.digest)
+            if credential is None or not credential.allows(tunnel.connection_id):
+                revoked += 1
+                tunnel.goaway(GoAwayReason.TOKEN_REVOKED, "the token was revoked")
+                tunnel.close(CloseCode.TOKEN_REVOKED, "token revoked")
+        logger.info("credentials reloaded: %d tunnel(s) closed for revoked tokens", revoked)
+        return True
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Graceful shutdown: go-away to every tunnel, refuse new tunnels and requests
+        (503), let streams in flight finish for ``grace`` seconds, then close tunnels."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self.relay.draining = True
+        tunnels = list(self.registry.running())
+        logger.info("shutting down: go-away to %d tunnel(s), grace %.0f s", len(tunnels), grace)
+        for tunnel in tunnels:
+            tunnel.goaway(GoAwayReason.SHUTDOWN, "the server is shutting down")
+        waits = [asyncio.ensure_future(tunnel.wait_idle()) for tunnel in tunnels]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                logger.warning("shutdown grace over: %d tunnel(s) still busy", len(pending))
+        for tunnel in tunnels:
+            tunnel.close(CloseCode.GOING_AWAY, "server shutting down")
+
+    # ------------------------------------------------------------------ tunnel endpoint
+
+    async def tunnel_endpoint(
+        self, scope: Scope, receive: Receive, send: Send, connection_id: str
+    ) -> None:
+        event = await receive()
+        if event["type"] != "websocket.connect":
+            return
+        client = scope.get("client")
+        address = str(client[0]) if client else "-"
+
+        async def refuse(status: int, reason: str, delay: float = 0.0) -> None:
+            logger.info(
+                "tunnel refused: id=%r addr=%s status=%d reason=%s",
+                connection_id,
+                address,
+                status,
+                reason,
+            )
+            if delay:
+                await asyncio.sleep(delay)
+            await deny_websocket(scope, send, status, reason)
+
+        if not is_valid_connection_id(connection_id):
+            await refuse(404, "invalid connection id: use 1-64 characters of A-Z a-z 0-9 _ -")
+            return
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]
+        token = extract_client_token(headers)
+        if token is None:
+            await refuse(
+                401,
+                "missing client token: send 'Authorization: Bearer <token>'",
+                self.failures.record_failure(address),
+            )
+            return
+        credential = self.authenticator.authenticate(token)
+        if credential is None:
+            await refuse(403, "invalid client token", self.failures.record_failure(address))
+            return
+        if not credential.allows(connection_id):
+            await refuse(403, f"this token may not claim connection id {connection_id!r}")
+            return
+        negotiated = negotiate_version(scope.get("subprotocols") or ())
+        if negotiated is None:
+            offered = ", ".join(v.value for v in KNOWN_VERSIONS)
+            await refuse(400, f"no common protocol version: offer the subprotocol {offered}")
+            return
+        if self.draining:
+            await refuse(503, "the server is shutting down")
+            return
+        limit = (
+            credential.max_tunnels
+            if credential.max_tunnels is not None
+            else self.settings.max_tunnels_per_token
+        )
+        if limit and self.registry.count_for(credential.digest) >= limit:
+            await refuse(429, f"this token already has {limit} tunnel(s) connected")
+            return
+        tunnel = Tunnel(
+            connection_id=connection_id,
+            credential=credential,
+            settings=self.settings,
+            registry=self.registry,
+            receive=receive,
+            send=send,
+            version=negotiated,
+            public_url=self._public_url(scope, headers, connection_id),
+            remote=address,
+            agent=self.agent,
+        )
+        if not self.registry.claim(tunnel):
+            await refuse(409, f"connection id {connection_id!r} is already connected")
+            return
+        try:
+            await send({"type": "websocket.accept", "subprotocol": negotiated.value})
+        except OSError:
+            self.registry.forget(tunnel)
+            return
+        logger.info(
+            "tunnel connected: id=%s addr=%s credential=%s",
+            connection_id,
+            address,
+            credential.label,
+        )
+        try:
+            await tunnel.run()
+        finally:
+            self.registry.forget(tunnel)
+            logger.info("tunnel ended: id=%s", connection_id)
+
+    def _public_url(self, scope: Scope, headers: list[tuple[str, str]], connection_id: str) -> str:
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/") + "/" + connection_id
+        host = next((value for name, value in headers if name.lower() == "host"), "")
+        if not host:
+            server = scope.get("server") or ("localhost", None)
+            host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
+        scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
+        return f"{scheme}://{host}/{connection_id}"
+
+
+class _GatewayMiddleware:
+    """Raw ASGI in front of FastAPI: routes tunnel and relay traffic off the framework."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.relay = gateway.relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if raw.startswith(_RESERVED) and (len(raw) == len(_RESERVED) or raw[len(_RESERVED)] == 47):
+            await self.app(scope, receive, send)
+            return
+        slash = raw.find(b"/", 1)
+        if slash == -1:
+            segment, rest = raw[1:], b""
+        else:
+            segment, rest = raw[1:slash], raw[slash:]
+        connection_id = segment.decode("latin-1")
+        if kind == "websocket":
+            if not rest:
+                await self.gateway.tunnel_endpoint(scope, receive, send, connection_id)
+                return
+            if not is_valid_connection_id(connection_id):
+                await receive()
+                await deny_websocket(
+                    scope, send, 404, f"no tunnel is connected for id {connection_id!r}"
+                )
+                return
+            await self.relay.websocket(scope, receive, send, connection_id, rest.decode("latin-1"))
+            return
+        if not is_valid_connection_id(connection_id):
+            text = (
+                f"no tunnel is connected for id {connection_id!r}"
+                if connection_id
+                else "no connection id in the path: use /<connection_id>/<path>"
+            )
+            await send_plain(send, 404, text)
+            return
+        await self.relay.http(scope, receive, send, connection_id, rest.decode("latin-1") or "/")
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """Build the server application for ``settings``.
+
+    Raises :class:`~pipegate_server.errors.ConfigurationError` when the credentials
+    cannot be loaded. The returned app carries its :class:`Gateway` as
+    ``app.state.gateway``. Run it under uvicorn with per-message compression off and
+    ``ws_max_size >= settings.ws_max_size`` (the command line does).
+    """
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for tunnel in gateway.registry.running():
+            tunnel.close(CloseCode.GOING_AWAY, "server stopped")
+
+    app = FastAPI(
+        title="PipeGate server",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+
+    @app.get(f"/{RESERVED_PREFIX}/health")
+    async def health() -> dict[str, Any]:
+        """Liveness of the server and how many tunnels hold an id."""
+        return {
+            "status": "draining" if gateway.draining else "ok",
+            "tunnels": len(gateway.registry),
+            "version": __version__,
+            "protocol_versions": [v.value for v in KNOWN_VERSIONS],
+        }
+
+    app.add_middleware(_GatewayMiddleware, gateway=gateway)
+    return app

@@ -1,0 +1,163 @@
+"""Who may claim which connection id: the shared token and the tokens file.
+
+The tokens file is TOML::
+
+    [[tokens]]
+    name = "alice"              # shown in logs instead of the token (optional)
+    token = "long-random-secret"
+    ids = ["alice", "dev-*"]    # exact ids or fnmatch patterns (* ? [..])
+    max_tunnels = 4             # optional; default --max-tunnels-per-token
+
+Tokens are compared in constant time: the presented token is hashed and its digest
+compared with :func:`hmac.compare_digest` against *every* known digest, so the time
+taken does not depend on which token (if any) matched or on how much of it did.
+Tokens are never logged; credentials are named by ``name`` or by their position in
+the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from .errors import TokensFileError
+
+__all__ = ["Authenticator", "Credential", "FailureTracker", "load_tokens_file"]
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A token's rights; ``patterns`` is ``None`` for the shared token (any id)."""
+
+    label: str
+    digest: bytes
+    patterns: tuple[str, ...] | None = None
+    max_tunnels: int | None = None
+
+    def allows(self, connection_id: str) -> bool:
+        if self.patterns is None:
+            return True
+        return any(fnmatchcase(connection_id, pattern) for pattern in self.patterns)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", errors="surrogatepass")).digest()
+
+
+def load_tokens_file(path: Path) -> list[Credential]:
+    """Parse a tokens file; raises :class:`TokensFileError` with a readable message."""
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise TokensFileError(f"cannot read tokens file {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TokensFileError(f"tokens file {str(path)!r} is not valid TOML: {exc}") from None
+    entries = document.get("tokens", [])
+    if not isinstance(entries, list):
+        raise TokensFileError(f"tokens file {str(path)!r}: 'tokens' must be an array of tables")
+    credentials: list[Credential] = []
+    seen: set[bytes] = set()
+    for index, entry in enumerate(entries, start=1):
+        credentials.append(_credential(path, index, entry, seen))
+    return credentials
+
+
+def _credential(path: Path, index: int, entry: object, seen: set[bytes]) -> Credential:
+    where = f"tokens file {str(path)!r}, entry {index}"
+    if not isinstance(entry, Mapping):
+        raise TokensFileError(f"{where}: must be a table")
+    token = entry.get("token")
+    if not isinstance(token, str) or not token.strip():
+        raise TokensFileError(f"{where}: 'token' must be a non-empty string")
+    ids = entry.get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+        raise TokensFileError(f"{where}: 'ids' must be a non-empty list of id patterns")
+    name = entry.get("name", f"tokens-file entry {index}")
+    if not isinstance(name, str):
+        raise TokensFileError(f"{where}: 'name' must be a string")
+    max_tunnels = entry.get("max_tunnels")
+    if max_tunnels is not None and (not isinstance(max_tunnels, int) or max_tunnels < 0):
+        raise TokensFileError(f"{where}: 'max_tunnels' must be a non-negative integer")
+    digest = _digest(token.strip())
+    if digest in seen:
+        raise TokensFileError(f"{where}: the same token appears twice")
+    seen.add(digest)
+    return Credential(label=name, digest=digest, patterns=tuple(ids), max_tunnels=max_tunnels)
+
+
+class Authenticator:
+    """Maps a presented token to its :class:`Credential`, in constant time."""
+
+    def __init__(self, shared_token: str | None, file_credentials: list[Credential]) -> None:
+        self.replace(shared_token, file_credentials)
+
+    def replace(self, shared_token: str | None, file_credentials: list[Credential]) -> None:
+        """Swap in new credentials (SIGHUP reload); tunnels are re-checked by the caller."""
+        credentials = list(file_credentials)
+        if shared_token:
+            credentials.insert(0, Credential(label="shared token", digest=_digest(shared_token)))
+        self._credentials = tuple(credentials)
+
+    def authenticate(self, token: str) -> Credential | None:
+        """The credential for ``token``, or ``None``; compares against every digest."""
+        presented = _digest(token)
+        found: Credential | None = None
+        for credential in self._credentials:
+            if hmac.compare_digest(presented, credential.digest) and found is None:
+                found = credential
+        return found
+
+    def current(self, digest: bytes) -> Credential | None:
+        """The credential with this digest after a reload, or ``None`` if it was removed."""
+        found: Credential | None = None
+        for credential in self._credentials:
+            if hmac.compare_digest(digest, credential.digest) and found is None:
+                found = credential
+        return found
+
+
+class FailureTracker:
+    """Counts failed token attempts per address and says how long to delay a refusal.
+
+    Up to ``budget`` failures per ``window`` seconds cost nothing; each further one
+    delays the refusal by a growing amount (capped at ``max_delay``). Only refusals
+    are delayed: a good token from the same address is never slowed down.
+    """
+
+    def __init__(
+        self, budget: int, *, window: float = 60.0, max_delay: float = 5.0, max_entries: int = 10000
+    ) -> None:
+        self.budget = budget
+        self.window = window
+        self.max_delay = max_delay
+        self.max_entries = max_entries
+        self._failures: dict[str, tuple[float, int]] = {}
+
+    def record_failure(self, address: str) -> float:
+        """Record one failure; returns the delay in seconds to apply to the refusal."""
+        now = time.monotonic()
+        start, count = self._failures.get(address, (now, 0))
+        if now - start > self.window:
+            start, count = now, 0
+        count += 1
+        if len(self._failures) >= self.max_entries and address not in self._failures:
+            self._prune(now)
+        self._failures[address] = (start, count)
+        excess = count - self.budget
+        if excess <= 0:
+            return 0.0
+        return min(self.max_delay, 0.25 * excess)
+
+    def _prune(self, now: float) -> None:
+        stale = [a for a, (start, _) in self._failures.items() if now - start > self.window]
+        for address in stale:
+            del self._failures[address]
+        if len(self._failures) >= self.max_entries:
+            self._failures.clear()

@@ -1,0 +1,544 @@
+"""Relaying public requests through a tunnel: plain HTTP and WebSocket.
+
+This is raw ASGI on purpose: the relay is the server's hot path, and reading
+``raw_path``, ``query_string`` and the header list straight from the scope keeps every
+byte the caller sent (percent-encoding, duplicate query keys, duplicate headers)
+without a framework re-parsing it.
+
+What a caller gets when something is wrong is a one-line ``text/plain`` answer with
+the status of the :class:`~pipegate_server.errors.RelayError`; once a response has
+started, a failure can only abort the connection, so that a truncated body is never
+mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+from collections.abc import Sequence
+
+from pipegate_protocol import (
+    HOP_BY_HOP_HEADERS,
+    Data,
+    ResetCode,
+    Response,
+    StreamKind,
+    WebSocketClose,
+    WebSocketData,
+)
+from starlette.types import Scope
+
+from ._registry import TunnelRegistry
+from ._settings import ServerSettings
+from ._tunnel import ASGIReceive, ASGISend, StreamChannel, Tunnel
+from .errors import (
+    BodyTooLargeError,
+    CallerGoneError,
+    HeadersTooLargeError,
+    RelayError,
+    ResponseTimeoutError,
+    TunnelBusyError,
+    TunnelClosedError,
+    TunnelNotFoundError,
+)
+
+__all__ = ["Relay", "send_plain"]
+
+logger = logging.getLogger("pipegate.server")
+
+_HOP_BY_HOP = frozenset(name.encode("latin-1") for name in HOP_BY_HOP_HEADERS)
+_FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"})
+#: Per-connection WebSocket handshake headers the client's own handshake replaces.
+_WS_HANDSHAKE = frozenset(
+    {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"}
+)
+#: How much of a refused WebSocket upgrade's body is relayed to the caller.
+_MAX_REFUSAL_BODY = 64 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+async def send_plain(
+    send: ASGISend,
+    status: int,
+    text: str,
+    *,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    websocket: bool = False,
+) -> None:
+    """Answer with a one-line ``text/plain`` body (as a WebSocket denial if asked)."""
+    body = (text + "\n").encode("utf-8")
+    head = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"date", email.utils.formatdate(usegmt=True).encode("ascii")),
+        *headers,
+    ]
+    prefix = "websocket.http.response" if websocket else "http.response"
+    await send({"type": f"{prefix}.start", "status": status, "headers": head})
+    await send({"type": f"{prefix}.body", "body": body, "more_body": False})
+
+
+async def deny_websocket(
+    scope: Scope,
+    send: ASGISend,
+    status: int,
+    text: str,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Refuse a WebSocket upgrade with a real HTTP response when the server can."""
+    extensions = scope.get("extensions") or {}
+    if "websocket.http.response" in extensions:
+        await send_plain(send, status, text, headers=headers, websocket=True)
+    else:  # pragma: no cover - uvicorn supports the extension
+        await send({"type": "websocket.close", "code": 1008, "reason": text[:120]})
+
+
+def _error_headers(error: RelayError) -> list[tuple[bytes, bytes]]:
+    if isinstance(error, TunnelBusyError):
+        return [(b"retry-after", str(error.retry_after).encode("ascii"))]
+    return []
+
+
+class Relay:
+    """Relays public HTTP requests and WebSocket sessions to the tunnel for their id."""
+
+    def __init__(self, settings: ServerSettings, registry: TunnelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.draining = False
+
+    # ------------------------------------------------------------------ shared
+
+    def _tunnel_for(self, connection_id: str) -> Tunnel:
+        if self.draining:
+            raise TunnelBusyError("the server is shutting down")
+        tunnel = self.registry.get(connection_id)
+        if tunnel is None:
+            raise TunnelNotFoundError(f"no tunnel is connected for id {connection_id!r}")
+        return tunnel
+
+    def _request_headers(
+        self, scope: Scope, connection_id: str, *, websocket: bool
+    ) -> tuple[list[tuple[str, str]], int | None, bool]:
+        """The headers to relay, the Content-Length and whether the body is chunked.
+
+        Drops hop-by-hop headers (and those ``Connection`` names), replaces any
+        X-Forwarded-Proto/Host/Prefix the caller sent, and appends the caller's address
+        to X-Forwarded-For. Order and duplicates of everything else are kept.
+        """
+        raw: list[tuple[bytes, bytes]] = scope["headers"]
+        drop: set[bytes] | None = None
+        size = 0
+        for name, value in raw:
+            size += len(name) + len(value) + 4
+            if name == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",") if t.strip()}
+                drop = tokens if drop is None else drop | tokens
+        limit = self.settings.max_header_size
+        if limit and size > limit:
+            raise HeadersTooLargeError(f"the request headers exceed {limit} bytes")
+        headers: list[tuple[str, str]] = []
+        content_length: int | None = None
+        chunked = False
+        host = ""
+        forwarded_for: list[str] = []
+        for name, value in raw:
+            if name in _HOP_BY_HOP or (drop is not None and name in drop):
+                if name == b"transfer-encoding":
+                    chunked = True
+                continue
+            if name == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    raise RelayError("invalid Content-Length", status=400) from None
+            elif name == b"host":
+                host = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                forwarded_for.append(value.decode("latin-1"))
+                continue
+            elif name in _FORWARDED or (websocket and name in _WS_HANDSHAKE):
+                continue
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        client = scope.get("client")
+        if client:
+            forwarded_for.append(str(client[0]))
+        if forwarded_for:
+            headers.append(("x-forwarded-for", ", ".join(forwarded_for)))
+        headers.append(("x-forwarded-proto", _http_scheme(scope)))
+        if host:
+            headers.append(("x-forwarded-host", host))
+        headers.append(("x-forwarded-prefix", "/" + connection_id))
+        return headers, content_length, chunked
+
+    async def _await_head(self, tunnel: Tunnel, channel: StreamChannel) -> Response:
+        """The final response head; 504 after the timeout without upload progress."""
+        timeout = self.settings.response_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = channel.progress_at + timeout - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                item = await channel.next(remaining)
+            except TimeoutError:
+                if channel.progress_at + timeout > loop.time():
+                    continue
+                tunnel.reset(channel, ResetCode.TIMEOUT, f"no response head within {timeout:g} s")
+                raise ResponseTimeoutError(
+                    f"the local app behind id {tunnel.connection_id!r} did not answer "
+                    f"within {timeout:g} s"
+                ) from None
+            if isinstance(item, Response) and (item.status >= 200 or item.status == 101):
+                return item
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def http(
+        self,
+        scope: Scope,
+        receive: ASGIReceive,
+        send: ASGISend,
+        connection_id: str,
+        path: str,
+    ) -> None:
+        """Relay one public HTTP request (``path`` is below ``/<connection_id>``)."""
+        try:
+            tunnel = self._tunnel_for(connection_id)
+            headers, content_length, chunked = self._request_headers(
+                scope, connection_id, websocket=False
+            )
+            limit = self.settings.max_body_size
+            if limit and content_length is not None and content_length > limit:
+                raise BodyTooLargeError(f"the request body exceeds the limit of {limit} bytes")
+            has_body = chunked or bool(content_length)
+            client = scope.get("client")
+            channel = await tunnel.open_stream(
+                method=scope["method"],
+                path=path,
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers=headers,
+                scheme=_http_scheme(scope),
+                client_host=str(client[0]) if client else None,
+                client_port=int(client[1]) if client else None,
+                end_stream=not has_body,
+            )
+        except RelayError as exc:
+            self._log_failure(scope, connection_id, exc)
+            await send_plain(
+                send,
+                exc.status,
+                str(exc),
+                headers=[*_error_headers(exc), (b"connection", b"close")]
+                if isinstance(exc, BodyTooLargeError)
+                else _error_headers(exc),
+            )
+            return
+        pump = asyncio.get_running_loop().create_task(
+            self._pump_request(tunnel, channel, receive, has_body)
+        )
+        try:
+            await self._respond(scope, send, tunnel, channel)
+        finally:
+            pump.cancel()
+            tunnel.finish(channel)
+
+    async def _respond(
+        self, scope: Scope, send: ASGISend, tunnel: Tunnel, channel: StreamChannel
+    ) -> None:
+        try:
+            head = await self._await_head(tunnel, channel)
+        except RelayError as exc:
+            if isinstance(exc, CallerGoneError):
+                return
+            self._log_failure(scope, tunnel.connection_id, exc)
+            extra = _error_headers(exc)
+            if not channel.request_done:
+                extra.append((b"connection", b"close"))
+            await send_plain(send, exc.status, str(exc), headers=extra)
+            return
+        status = head.status
+        out_headers = [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in head.headers
+            if name.lower() not in HOP_BY_HOP_HEADERS
+            and not (status in _NO_BODY_STATUSES and name.lower() == "content-length")
+        ]
+        if head.end_stream:
+            channel.response_done = True
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        if head.end_stream:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        while True:
+            try:
+                item = await channel.next()
+            except RelayError as exc:
+                if not isinstance(exc, CallerGoneError):
+                    self._log_failure(scope, tunnel.connection_id, exc, aborted=True)
+                return  # uvicorn closes the connection: the caller sees a truncated body
+            if isinstance(item, Data):
+                if item.end_stream:
+                    channel.response_done = True
+                    await send(
+                        {"type": "http.response.body", "body": item.data, "more_body": False}
+                    )
+                    return
+                await send({"type": "http.response.body", "body": item.data, "more_body": True})
+                tunnel.acknowledge(channel, len(item.data))
+
+    async def _pump_request(
+        self, tunnel: Tunnel, channel: StreamChannel, receive: ASGIReceive, has_body: bool
+    ) -> None:
+        """Forward the request body, then watch for the caller disconnecting."""
+        limit = self.settings.max_body_size
+        received = 0
+        loop = asyncio.get_running_loop()
+        if not has_body:
+            channel.request_done = True
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                if channel.request_done:
+                    continue
+                body: bytes = message.get("body", b"")
+                more: bool = message.get("more_body", False)
+                received += len(body)
+                if limit and received > limit:
+                    text = f"the request body exceeds the limit of {limit} bytes"
+                    tunnel.reset(channel, ResetCode.TOO_LARGE, text)
+                    channel.fail(BodyTooLargeError(text))
+                    return
+                await tunnel.send_data(channel, body, end_stream=not more)
+                channel.progress_at = loop.time()
+                if not more:
+                    channel.request_done = True
+            if not channel.response_done:
+                tunnel.reset(channel, ResetCode.CALLER_GONE, "the caller disconnected")
+                channel.fail(CallerGoneError("the caller disconnected"))
+        except RelayError:
+            return  # the stream already failed; the responding side reports it
+
+    def _log_failure(
+        self, scope: Scope, connection_id: str, error: RelayError, *, aborted: bool = False
+    ) -> None:
+        outcome = "aborted" if aborted else str(error.status)
+        logger.info(
+            "request failed: id=%s %s %s -> %s: %s",
+            connection_id,
+            scope.get("method", "WEBSOCKET"),
+            scope.get("path", ""),
+            outcome,
+            error,
+        )
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def websocket(
+        self,
+        scope: Scope,
+        receive: ASGIReceive,
+        send: ASGISend,
+        connection_id: str,
+        path: str,
+    ) -> None:
+        """Relay one public WebSocket session through the tunnel (rules WS-*)."""
+        event = await receive()
+        if event["type"] != "websocket.connect":
+            return
+        try:
+            tunnel = self._tunnel_for(connection_id)
+            headers, _, _ = self._request_headers(scope, connection_id, websocket=True)
+            if tunnel.ready and not tunnel.supports_websocket:
+                raise RelayError(
+                    f"the client of id {connection_id!r} does not relay WebSockets", status=502
+                )
+            client = scope.get("client")
+            channel = await tunnel.open_stream(
+                method="GET",
+                path=path,
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers=headers,
+                kind=StreamKind.WEBSOCKET,
+                scheme=_http_scheme(scope),
+                client_host=str(client[0]) if client else None,
+                client_port=int(client[1]) if client else None,
+                end_stream=True,
+            )
+        except RelayError as exc:
+            self._log_failure(scope, connection_id, exc)
+            await deny_websocket(scope, send, exc.status, str(exc), _error_headers(exc))
+            return
+        try:
+            await self._websocket_session(scope, receive, send, tunnel, channel)
+        finally:
+            tunnel.finish(channel)
+
+    async def _websocket_session(
+        self,
+        scope: Scope,
+        receive: ASGIReceive,
+        send: ASGISend,
+        tunnel: Tunnel,
+        channel: StreamChannel,
+    ) -> None:
+        try:
+            head = await self._await_head(tunnel, channel)
+        except RelayError as exc:
+            self._log_failure(scope, tunnel.connection_id, exc)
+            await deny_websocket(scope, send, exc.status, str(exc), _error_headers(exc))
+            return
+        if head.status != 101:
+            await self._relay_refusal(scope, send, tunnel, channel, head)
+            return
+        subprotocol: str | None = None
+        extra: list[tuple[bytes, bytes]] = []
+        for name, value in head.headers:
+            lowered = name.lower()
+            if lowered == "sec-websocket-protocol":
+                subprotocol = value.strip() or None
+            elif lowered.startswith("sec-websocket-") or lowered in HOP_BY_HOP_HEADERS:
+                continue
+            else:
+                extra.append((lowered.encode("latin-1"), value.encode("latin-1")))
+        try:
+            await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": extra})
+        except OSError:
+            tunnel.send_websocket_close(channel, 1001, "the caller disconnected")
+            return
+        upstream = asyncio.get_running_loop().create_task(
+            self._websocket_upstream(tunnel, channel, receive)
+        )
+        try:
+            await self._websocket_downstream(send, tunnel, channel)
+        finally:
+            upstream.cancel()
+
+    async def _relay_refusal(
+        self,
+        scope: Scope,
+        send: ASGISend,
+        tunnel: Tunnel,
+        channel: StreamChannel,
+        head: Response,
+    ) -> None:
+        """The local app refused the upgrade: pass its status and (short) body on."""
+        body = bytearray()
+        ended = head.end_stream
+        while not ended and len(body) <= _MAX_REFUSAL_BODY:
+            try:
+                item = await channel.next(self.settings.response_timeout)
+            except (RelayError, TimeoutError):
+                break
+            if isinstance(item, Data):
+                body += item.data
+                tunnel.acknowledge(channel, len(item.data))
+                ended = item.end_stream
+        headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in head.headers
+            if name.lower() not in HOP_BY_HOP_HEADERS and name.lower() != "content-length"
+        ]
+        await send(
+            {"type": "websocket.http.response.start", "status": head.status, "headers": headers}
+        )
+        await send(
+            {
+                "type": "websocket.http.response.body",
+                "body": bytes(body[:_MAX_REFUSAL_BODY]),
+                "more_body": False,
+            }
+        )
+
+    async def _websocket_upstream(
+        self, tunnel: Tunnel, channel: StreamChannel, receive: ASGIReceive
+    ) -> None:
+        """Caller to local app: whole messages in, flow-controlled fragments out."""
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    code = _relayable_close_code(int(message.get("code", 1000)))
+                    tunnel.send_websocket_close(channel, code, str(message.get("reason") or ""))
+                    channel.fail(CallerGoneError("the caller closed the WebSocket"))
+                    return
+                if message["type"] != "websocket.receive":
+                    continue
+                data = message.get("bytes")
+                if data is not None:
+                    await tunnel.send_websocket_data(channel, data, text=False)
+                else:
+                    text = message.get("text") or ""
+                    await tunnel.send_websocket_data(channel, text.encode("utf-8"), text=True)
+        except RelayError:
+            return
+
+    async def _websocket_downstream(
+        self, send: ASGISend, tunnel: Tunnel, channel: StreamChannel
+    ) -> None:
+        """Local app to caller: reassemble fragments, send, then return the credit."""
+        limit = self.settings.max_websocket_message_size
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                try:
+                    item = await channel.next()
+                except CallerGoneError:
+                    return
+                except TunnelClosedError:
+                    await send({"type": "websocket.close", "code": 1001, "reason": "tunnel closed"})
+                    return
+                except RelayError as exc:
+                    reason = str(exc).encode("utf-8")[:120].decode("utf-8", "ignore")
+                    await send({"type": "websocket.close", "code": 1011, "reason": reason})
+                    return
+                if isinstance(item, WebSocketClose):
+                    await send(
+                        {"type": "websocket.close", "code": item.code, "reason": item.reason}
+                    )
+                    return
+                if not isinstance(item, WebSocketData):
+                    continue
+                parts.append(item.data)
+                size += len(item.data)
+                if size > limit:
+                    tunnel.send_websocket_close(channel, 1009, "message too big")
+                    await send(
+                        {"type": "websocket.close", "code": 1009, "reason": "message too big"}
+                    )
+                    return
+                if not item.fin:
+                    tunnel.acknowledge(channel, len(item.data))  # buffered; bounded by limit
+                    continue
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                if item.text:
+                    try:
+                        await send({"type": "websocket.send", "text": data.decode("utf-8")})
+                    except UnicodeDecodeError:
+                        tunnel.send_websocket_close(channel, 1007, "invalid UTF-8")
+                        await send({"type": "websocket.close", "code": 1007, "reason": ""})
+                        return
+                else:
+                    await send({"type": "websocket.send", "bytes": data})
+                tunnel.acknowledge(channel, len(item.data))
+                parts = []
+                size = 0
+        except OSError:  # uvicorn's ClientDisconnected
+            tunnel.send_websocket_close(channel, 1001, "the caller disconnected")
+
+
+def _http_scheme(scope: Scope) -> str:
+    return "https" if scope.get("scheme") in ("https", "wss") else "http"
+
+
+def _relayable_close_code(code: int) -> int:
+    """Codes a peer may not send on the wire (1005, 1006, 1015) become 1000/1001."""
+    if code == 1005:
+        return 1000
+    if code in (1006, 1015) or not 1000 <= code <= 4999:
+        return 1001
+    return code

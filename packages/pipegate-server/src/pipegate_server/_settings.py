@@ -1,0 +1,116 @@
+"""The settings of one server, with their documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipegate_protocol import Limits
+
+from .errors import ConfigurationError
+
+__all__ = ["ServerSettings"]
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything :func:`~pipegate_server.create_app` needs; every limit has a default.
+
+    At least one credential is required: ``client_token`` (may claim any connection
+    id) or ``tokens_file`` (TOML; each token may claim only the ids it lists). A zero
+    for ``max_body_size``, ``max_tunnels_per_token`` or ``max_header_size`` means
+    "no limit".
+    """
+
+    #: The shared token; a client presenting it may claim any connection id.
+    client_token: str | None = field(default=None, repr=False)
+    #: Where ``client_token`` was read from, so that SIGHUP can re-read it.
+    client_token_file: Path | None = None
+    #: TOML file of per-person tokens and the ids each may claim (see ``_auth``).
+    tokens_file: Path | None = None
+    #: Base of the public URL announced in the hello (default: from the Host header).
+    public_url: str | None = None
+
+    #: Largest request body relayed; larger ones get 413. Default 1 GiB.
+    max_body_size: int = 1 * GIB
+    #: Largest total size of the request headers; larger ones get 431. Default 64 KiB.
+    max_header_size: int = 64 * KIB
+    #: Seconds to wait for the response head once the request was sent (504 after).
+    response_timeout: float = 30.0
+    #: Streams open at once on one tunnel (the client may advertise fewer).
+    max_streams_per_tunnel: int = 128
+    #: Requests waiting for a stream slot on one tunnel; beyond that 503.
+    max_queued_requests: int = 256
+    #: Seconds a request waits for a stream slot before 503 with Retry-After.
+    queue_timeout: float = 10.0
+    #: Tunnels one token may have connected at once (429 beyond); 0 means no limit.
+    max_tunnels_per_token: int = 64
+    #: Largest data frame payload / control message the server accepts.
+    max_frame_size: int = 256 * KIB
+    #: Flow-control credit the client gets on every new stream.
+    initial_window: int = 1 * MIB
+    #: Largest public WebSocket message relayed (1009 beyond).
+    max_websocket_message_size: int = 16 * MIB
+    #: Seconds between pings on every tunnel.
+    heartbeat_interval: float = 10.0
+    #: A tunnel silent for this many seconds is closed with 4005 and its id freed.
+    heartbeat_timeout: float = 20.0
+    #: Seconds a client has to send its hello after the WebSocket was accepted.
+    hello_timeout: float = 10.0
+    #: Seconds in-flight streams get to finish after SIGTERM before the server exits.
+    shutdown_grace: float = 20.0
+    #: Failed token attempts per address per minute before refusals are slowed down.
+    bad_token_budget: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.client_token and self.tokens_file is None:
+            raise ConfigurationError(
+                "no client token configured: give one with --client-token-file PATH, "
+                "the PIPEGATE_CLIENT_TOKEN environment variable, --client-token TOKEN "
+                "(visible in ps), or a --tokens-file"
+            )
+        positive = {
+            "response_timeout": self.response_timeout,
+            "max_streams_per_tunnel": self.max_streams_per_tunnel,
+            "queue_timeout": self.queue_timeout,
+            "heartbeat_interval": self.heartbeat_interval,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "hello_timeout": self.hello_timeout,
+            "initial_window": self.initial_window,
+            "max_websocket_message_size": self.max_websocket_message_size,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigurationError(f"{name} must be positive, got {value}")
+        non_negative = {
+            "max_body_size": self.max_body_size,
+            "max_header_size": self.max_header_size,
+            "max_queued_requests": self.max_queued_requests,
+            "max_tunnels_per_token": self.max_tunnels_per_token,
+            "shutdown_grace": self.shutdown_grace,
+            "bad_token_budget": self.bad_token_budget,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigurationError(f"{name} must not be negative, got {value}")
+        try:
+            self.limits()
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid protocol limits: {exc}") from None
+
+    def limits(self) -> Limits:
+        """The limits the server announces in its hello."""
+        return Limits(
+            max_frame_size=self.max_frame_size,
+            initial_window=self.initial_window,
+            max_concurrent_streams=min(self.max_streams_per_tunnel, 65535),
+        )
+
+    @property
+    def ws_max_size(self) -> int:
+        """The WebSocket message size uvicorn must accept (frames carry a 5-byte header)."""
+        return max(self.max_frame_size + 64, self.max_websocket_message_size)

@@ -1,0 +1,39 @@
+"""Relaying public HTTP requests: head, body, headers, statuses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+
+async def test_get_relays_method_path_query_and_forwarded_headers(server: Any, pg: Any) -> None:
+    async with pg.fake_client(server, "node", pg.echo_handler), httpx.AsyncClient() as http:
+        response = await http.get(
+            f"{server.base}/node/a%2Fb/c?x=1&x=2&y=%20",
+            headers=[("X-Dup", "one"), ("X-Dup", "two"), ("Connection", "keep-alive")],
+        )
+    assert response.status_code == 200
+    info = json.loads(response.headers["x-echo"])
+    assert info["method"] == "GET"
+    assert info["path"] == "/a%2Fb/c"
+    assert info["query"] == "x=1&x=2&y=%20"
+    headers = [tuple(h) for h in info["headers"]]
+    assert [v for n, v in headers if n == "x-dup"] == ["one", "two"]
+    assert ("x-forwarded-prefix", "/node") in headers
+    assert ("x-forwarded-proto", "http") in headers
+    assert ("x-forwarded-for", "127.0.0.1") in headers
+    assert ("x-forwarded-host", f"127.0.0.1:{server.port}") in headers
+    assert not any(n in ("connection", "keep-alive") for n, _ in headers)
+    assert info["client_host"] == "127.0.0.1"
+
+
+async def test_root_of_id_is_slash_and_body_echoes(server: Any, pg: Any) -> None:
+    async with pg.fake_client(server, "node", pg.echo_handler), httpx.AsyncClient() as http:
+        response = await http.request("PROPFIND", f"{server.base}/node", content=b"hello")
+    assert response.status_code == 200
+    info = json.loads(response.headers["x-echo"])
+    assert info["method"] == "PROPFIND"
+    assert info["path"] == "/"
+    assert response.content == b"hello"
