@@ -35,7 +35,9 @@ __all__ = [
     "Tunnel",
     "client_command",
     "free_port",
+    "group_rss",
     "origin_command",
+    "process_rss",
     "render_command",
     "server_command",
     "start_tunnel",
@@ -139,9 +141,13 @@ def client_command(local_url: str, server_url: str, token: str, *extra: str) -> 
     ]
 
 
-def origin_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    """Command line of the origin app (:mod:`pipegate_conformance.origin`)."""
-    return [
+def origin_command(port: int, host: str = "127.0.0.1", *, http: str | None = None) -> list[str]:
+    """Command line of the origin app (:mod:`pipegate_conformance.origin`).
+
+    ``http="h11"`` picks uvicorn's h11 parser, which accepts every method token (the
+    default httptools parser knows a fixed list of methods).
+    """
+    argv = [
         sys.executable,
         "-m",
         "pipegate_conformance.origin",
@@ -150,6 +156,38 @@ def origin_command(port: int, host: str = "127.0.0.1") -> list[str]:
         "--port",
         str(port),
     ]
+    if http:
+        argv += ["--http", http]
+    return argv
+
+
+def process_rss(pid: int) -> int:
+    """Resident memory of a process in bytes (``VmRSS`` from ``/proc``); 0 if gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def group_rss(pgid: int) -> int:
+    """Total resident memory of every process in process group ``pgid`` (a command
+    template may start a wrapper that starts the real program)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and int(fields[2]) == pgid:
+            total += process_rss(int(entry.name))
+    return total
 
 
 @dataclass

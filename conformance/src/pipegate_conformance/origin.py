@@ -18,9 +18,18 @@ It is a raw ASGI app so that it sees requests exactly as the tunnel delivered th
   carries the origin's send time so a test can prove the first arrived early.
 * ``/status/<code>`` — an empty response with that status.
 * ``/cookies`` — two ``Set-Cookie`` headers.
-* ``/stall`` — never answers (the server's response timeout must fire).
+* ``/stall`` — never answers (the server's response timeout must fire); with
+  ``?tag=T`` it records ``{"kind": "cancelled", "tag": T}`` when the caller goes away.
+* ``/drip?tag=T&interval=0.05&size=1024`` — answers 200 at once, then streams ``size``
+  bytes every ``interval`` seconds for up to ten minutes; records
+  ``{"kind": "cancelled", "tag": T}`` as soon as it learns the caller went away, so a
+  test can prove that a reset reached the local request.
+* ``/log?tag=T`` — JSON list of the events recorded with that tag (the origin's own
+  endpoint, never relayed anywhere; tests call it directly).
 * ``/ws/echo`` — WebSocket echo of text and binary messages; selects the first offered
-  subprotocol. ``/ws/close/<code>`` accepts, then closes with that code.
+  subprotocol; the text message ``close:<code>`` makes it close with that code. With
+  ``?tag=T`` it records ``{"kind": "ws_closed", "code", "reason", "tag"}`` when the
+  caller closes. ``/ws/close/<code>`` accepts, then closes with that code.
 
 Run it alone: ``python -m pipegate_conformance.origin --port 5001``.
 """
@@ -39,7 +48,15 @@ from urllib.parse import parse_qs
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ECHO_BODY_LIMIT", "ResponseSpec", "app", "main", "pattern_bytes", "pattern_sha256"]
+__all__ = [
+    "ECHO_BODY_LIMIT",
+    "EVENTS",
+    "ResponseSpec",
+    "app",
+    "main",
+    "pattern_bytes",
+    "pattern_sha256",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,6 +74,17 @@ DEMO_PAGE = b"""<!doctype html>
 <a href="echo/hello?x=1&amp;x=2">echo</a>, <a href="sse?n=5">server-sent events</a>
 or <a href="bytes/1048576">a 1 MiB download</a>.</p></body></html>
 """
+
+
+#: Events the origin noticed (cancellations, WebSocket closes), served by ``/log``.
+EVENTS: list[dict[str, Any]] = []
+_EVENTS_KEPT = 10_000
+_DRIP_SECONDS = 600.0
+
+
+def _record(event: dict[str, Any]) -> None:
+    EVENTS.append(event)
+    del EVENTS[:-_EVENTS_KEPT]
 
 
 class ResponseSpec(BaseModel):
@@ -224,7 +252,26 @@ async def _http(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if name == "stall":
         await _drain(receive)
-        await asyncio.sleep(3600)
+        tag = query.get("tag", [""])[0]
+        await receive()  # returns only when the caller goes away
+        if tag:
+            _record({"kind": "cancelled", "tag": tag, "path": path})
+        return
+    if name == "drip":
+        await _drain(receive)
+        await _drip(
+            send,
+            receive,
+            tag=query.get("tag", [""])[0],
+            interval=float(query.get("interval", ["0.05"])[0]),
+            size=int(query.get("size", ["1024"])[0]),
+        )
+        return
+    if name == "log" and scope["method"] == "GET":
+        await _drain(receive)
+        tag = query.get("tag", [""])[0]
+        events = [event for event in EVENTS if not tag or event.get("tag") == tag]
+        await _respond(send, 200, json.dumps(events).encode(), content_type=b"application/json")
         return
     if not segments:
         await _drain(receive)
@@ -241,6 +288,29 @@ async def _drain(receive: Receive) -> None:
             return
 
 
+async def _drip(send: Send, receive: Receive, *, tag: str, interval: float, size: int) -> None:
+    """Stream until the caller goes away; record the cancellation under ``tag``."""
+    headers = [(b"content-type", b"application/octet-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    disconnected = asyncio.ensure_future(receive())
+    deadline = time.monotonic() + _DRIP_SECONDS
+    cancelled = False
+    try:
+        while time.monotonic() < deadline:
+            await send({"type": "http.response.body", "body": b"x" * size, "more_body": True})
+            done, _ = await asyncio.wait({disconnected}, timeout=interval)
+            if done:
+                cancelled = True
+                return
+        await send({"type": "http.response.body", "body": b""})
+    except (OSError, RuntimeError):  # uvicorn's ClientDisconnected is an OSError
+        cancelled = True
+    finally:
+        disconnected.cancel()
+        if cancelled and tag:
+            _record({"kind": "cancelled", "tag": tag, "path": "drip"})
+
+
 async def _websocket(scope: Scope, receive: Receive, send: Send) -> None:
     message = await receive()
     if message["type"] != "websocket.connect":
@@ -254,6 +324,7 @@ async def _websocket(scope: Scope, receive: Receive, send: Send) -> None:
     if "echo" not in segments:
         await send({"type": "websocket.close", "code": 1008})
         return
+    tag = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("tag", [""])[0]
     accept: Message = {"type": "websocket.accept"}
     if subprotocols:
         accept["subprotocol"] = subprotocols[0]
@@ -261,6 +332,15 @@ async def _websocket(scope: Scope, receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
+            if tag:
+                _record(
+                    {
+                        "kind": "ws_closed",
+                        "tag": tag,
+                        "code": message.get("code"),
+                        "reason": message.get("reason") or "",
+                    }
+                )
             return
         if message.get("text") is not None:
             if message["text"].startswith("close:"):
@@ -280,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5001)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--http",
+        default="auto",
+        choices=["auto", "h11", "httptools"],
+        help="HTTP parser; the conformance suite uses h11, which accepts any method token",
+    )
     args = parser.parse_args(argv)
     uvicorn.run(
         app,
@@ -288,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         ws_max_size=64 * 1024 * 1024,
         lifespan="on",
+        http=args.http,
     )
     return 0
 

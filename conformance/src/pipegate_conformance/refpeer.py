@@ -1,0 +1,309 @@
+"""Reference protocol peers built directly on :mod:`pipegate_protocol`.
+
+They are *not* our client or server: they are the smallest correct speakers of the
+protocol, plus the ability to send any raw frame, so that a server can be tested
+without any client and a client without any server.
+
+* :class:`ReferenceClient` opens a tunnel to a server under test, completes the
+  handshake with a :class:`~pipegate_protocol.Connection` in the client role, answers
+  streams by hand and can break every rule on request (:meth:`ReferenceClient.send_raw`).
+* :class:`ReferenceServer` accepts tunnels from a client under test (checking the
+  token and version like a real server), completes the hello exchange and lets a test
+  open streams and send raw frames to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+from pipegate_protocol import (
+    CAPABILITY_WEBSOCKET,
+    Connection,
+    Data,
+    Hello,
+    Limits,
+    Message,
+    ProtocolVersion,
+    RemoteProtocolError,
+    Role,
+    extract_client_token,
+    negotiate_version,
+)
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request
+from websockets.http11 import Response as HttpResponse
+
+__all__ = [
+    "PeerClosed",
+    "ReferenceClient",
+    "ReferenceServer",
+    "ServerSession",
+    "TunnelRefused",
+    "connect_reference_client",
+]
+
+
+class TunnelRefused(Exception):
+    """The server answered the upgrade with a non-101 status."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"upgrade refused with {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
+class PeerClosed(Exception):
+    """The WebSocket closed while a test waited for a message."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"tunnel closed with code {code} {reason!r}")
+        self.code = code
+        self.reason = reason
+
+
+async def _recv(ws: ClientConnection | ServerConnection, within: float) -> str | bytes:
+    try:
+        async with asyncio.timeout(within):
+            return await ws.recv()
+    except websockets.ConnectionClosed as exc:
+        rcvd = exc.rcvd
+        raise PeerClosed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "") from None
+
+
+async def _wait_closed(ws: ClientConnection | ServerConnection, within: float) -> int | None:
+    """Read (and drop) messages until the peer closes; returns the code it sent."""
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                await ws.recv()
+    except websockets.ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd else None
+
+
+@dataclass
+class _Endpoint:
+    """What both reference peers share: a WebSocket, a core connection and helpers."""
+
+    ws: Any
+    conn: Connection
+    received: list[Message] = field(default_factory=list)
+
+    async def flush(self) -> None:
+        for item in self.conn.data_to_send():
+            await self.ws.send(item)
+
+    async def send_raw(self, payload: str | bytes) -> None:
+        """Send one WebSocket message as is, bypassing every rule of the core."""
+        await self.ws.send(payload)
+
+    async def next_message(self, within: float = 10.0) -> Message:
+        """The next message the core accepts (pongs to pings are sent automatically)."""
+        while True:
+            payload = await _recv(self.ws, within)
+            message = self.conn.receive(payload)
+            await self.flush()
+            if message is not None:
+                self.received.append(message)
+                return message
+
+    async def next_of(self, kind: type[Any], within: float = 10.0) -> Any:
+        """Skip pings/pongs/window updates until a message of ``kind`` arrives."""
+        async with asyncio.timeout(within):
+            while True:
+                message = await self.next_message(within)
+                if isinstance(message, kind):
+                    return message
+
+    async def read_body(self, stream_id: int, within: float = 10.0) -> bytes:
+        """Collect body data on ``stream_id`` until end of stream, acknowledging it."""
+        parts: list[bytes] = []
+        async with asyncio.timeout(within):
+            while True:
+                message = await self.next_message(within)
+                if isinstance(message, Data) and message.stream_id == stream_id:
+                    parts.append(message.data)
+                    self.conn.acknowledge(stream_id, len(message.data))
+                    await self.flush()
+                    if message.end_stream:
+                        return b"".join(parts)
+
+    async def wait_closed(self, within: float = 10.0) -> int | None:
+        """Wait until the peer closes the tunnel; the close code it sent."""
+        return await _wait_closed(self.ws, within)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+
+@dataclass
+class ReferenceClient(_Endpoint):
+    """The client end of a tunnel to a server under test."""
+
+    server_hello: Hello | None = None
+
+
+async def connect_reference_client(
+    ws_url: str,
+    token: str | None,
+    *,
+    versions: Sequence[str] = (ProtocolVersion.V1.value,),
+    limits: Limits | None = None,
+    capabilities: Sequence[str] = (CAPABILITY_WEBSOCKET,),
+    token_header: str = "Authorization",
+    send_hello: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
+    within: float = 10.0,
+) -> ReferenceClient:
+    """Open a tunnel to ``ws_url`` (``ws://host/<id>``) and exchange hellos.
+
+    Raises :class:`TunnelRefused` when the server answers the upgrade with another
+    status than 101. With ``send_hello=False`` the tunnel stops right after the
+    upgrade, before either hello is read.
+    """
+    headers: list[tuple[str, str]] = []
+    if token is not None:
+        value = f"Bearer {token}" if token_header.lower() == "authorization" else token
+        headers.append((token_header, value))
+    try:
+        ws = await ws_connect(
+            ws_url,
+            additional_headers=headers,
+            subprotocols=list(versions) or None,  # type: ignore[arg-type]
+            max_size=None,
+            open_timeout=within,
+            ping_interval=None,
+            ssl=ssl_context,
+            compression=None,
+        )
+    except websockets.InvalidStatus as exc:
+        raise TunnelRefused(exc.response.status_code, exc.response.body or b"") from None
+    conn = Connection(
+        Role.CLIENT,
+        limits=limits,
+        capabilities=capabilities,
+        agent="pipegate-conformance-reference-client",
+    )
+    peer = ReferenceClient(ws, conn)
+    if send_hello:
+        await peer.flush()
+        peer.server_hello = await peer.next_of(Hello, within)
+    return peer
+
+
+@dataclass
+class ServerSession(_Endpoint):
+    """One tunnel a client under test opened to the :class:`ReferenceServer`."""
+
+    request: Request | None = None
+    client_hello: Hello | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ReferenceServer:
+    """A minimal PipeGate server: handshake rules, hello exchange, nothing else.
+
+    Every accepted tunnel appears in :attr:`sessions` (an asyncio queue) once the
+    client's hello has arrived; the test then drives it. Upgrades that break the
+    handshake rules are refused with the status the spec gives (401, 403, 400, 404).
+    """
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        host: str = "127.0.0.1",
+        limits: Limits | None = None,
+        hello_timeout: float = 10.0,
+        refuse_with: int | None = None,
+    ) -> None:
+        self.token = token
+        self.refuse_with = refuse_with
+        self.host = host
+        self.limits = limits
+        self.hello_timeout = hello_timeout
+        self.port = 0
+        self.sessions: asyncio.Queue[ServerSession] = asyncio.Queue()
+        self.refusals: list[int] = []
+        self._server: Server | None = None
+
+    async def __aenter__(self) -> ReferenceServer:
+        self._server = await serve(
+            self._handler,
+            self.host,
+            0,
+            subprotocols=[version.value for version in ProtocolVersion],  # type: ignore[misc]
+            process_request=self._process_request,
+            max_size=None,
+            ping_interval=None,
+            compression=None,
+        )
+        self.port = next(iter(self._server.sockets)).getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
+
+    def url(self, connection_id: str) -> str:
+        return f"ws://{self.host}:{self.port}/{connection_id}"
+
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> HttpResponse | None:
+        token = extract_client_token(request.headers.raw_items())
+        offered = [
+            item.strip()
+            for value in request.headers.get_all("Sec-WebSocket-Protocol")
+            for item in value.split(",")
+        ]
+        status, reason = 0, ""
+        if self.refuse_with is not None:
+            status, reason = self.refuse_with, "refused by the reference server"
+        elif token is None:
+            status, reason = 401, "missing client token"
+        elif token != self.token:
+            status, reason = 403, "wrong client token"
+        elif negotiate_version(offered) is None:
+            status, reason = 400, "no common protocol version"
+        if status:
+            self.refusals.append(status)
+            return connection.respond(status, reason + "\n")  # type: ignore[arg-type]
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        version = ProtocolVersion(ws.subprotocol) if ws.subprotocol else ProtocolVersion.V1
+        connection_id = (ws.request.path if ws.request else "/x").strip("/") or "x"
+        conn = Connection(
+            Role.SERVER,
+            version=version,
+            limits=self.limits,
+            agent="pipegate-conformance-reference-server",
+            connection_id=connection_id,
+            public_url=f"http://{self.host}:{self.port}/{connection_id}",
+        )
+        session = ServerSession(ws, conn, request=ws.request)
+        try:
+            await session.flush()
+            session.client_hello = await session.next_of(Hello, self.hello_timeout)
+        except (PeerClosed, RemoteProtocolError, TimeoutError):
+            return
+        await self.sessions.put(session)
+        await ws.wait_closed()
+        session.closed.set()
+
+    async def next_session(self, within: float = 20.0) -> ServerSession:
+        """The next tunnel whose hello exchange completed."""
+        async with asyncio.timeout(within):
+            return await self.sessions.get()

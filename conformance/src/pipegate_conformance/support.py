@@ -1,0 +1,209 @@
+"""Helpers shared by the conformance checks: header comparison with the allowances the
+spec documents, origin event polling, and hypothesis strategies for HTTP pieces.
+
+Every allowance lives here, named, so that docs/conformance.md can list them and a
+reader can see that a check tolerates nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from hypothesis import strategies as st
+from pipegate_protocol import strip_hop_by_hop
+
+__all__ = [
+    "FORWARDING_HEADERS",
+    "FRAMING_HEADERS",
+    "RELAY_STAMP_HEADERS",
+    "expected_at_origin",
+    "extension_methods",
+    "header_list",
+    "header_value",
+    "methods",
+    "origin_events",
+    "paths",
+    "queries",
+    "received_at_origin",
+    "relayable_response_headers",
+    "request_headers",
+    "wait_for_origin_event",
+]
+
+#: Added by the server (HD-5); the checks verify their values separately.
+FORWARDING_HEADERS = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"}
+)
+#: Body framing is chosen per hop (HD-4): Content-Length may appear or vanish, chunked
+#: encoding is re-applied where needed.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+#: Stamped by any HTTP server on every response (RFC 9110 6.6.1, 10.2.4): the origin's
+#: uvicorn and the public server's own HTTP stack both add them, so a caller may see
+#: either or both.
+RELAY_STAMP_HEADERS = frozenset({"date", "server"})
+
+
+def header_list(pairs: Sequence[tuple[Any, Any]]) -> list[tuple[str, str]]:
+    """``(name, value)`` pairs as latin-1 strings with lower-cased names (HD-2 compares
+    names case-insensitively), order and duplicates kept."""
+    out: list[tuple[str, str]] = []
+    for name, value in pairs:
+        n = name.decode("latin-1") if isinstance(name, bytes) else str(name)
+        v = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        out.append((n.lower(), v))
+    return out
+
+
+def expected_at_origin(sent: Sequence[tuple[Any, Any]]) -> list[tuple[str, str]]:
+    """What the local app must receive of the headers a caller sent: hop-by-hop ones
+    removed (HD-4), ``Host`` replaced (HD-6, compared separately), framing headers
+    and forwarding headers left out (compared separately); everything else in order."""
+    kept = strip_hop_by_hop(header_list(sent))
+    return [
+        (n, v)
+        for n, v in kept
+        if n != "host" and n not in FRAMING_HEADERS and n not in FORWARDING_HEADERS
+    ]
+
+
+def received_at_origin(report_headers: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
+    """The origin's report minus what :func:`expected_at_origin` leaves out."""
+    return [
+        (n, v)
+        for n, v in header_list([(h[0], h[1]) for h in report_headers])
+        if n != "host" and n not in FRAMING_HEADERS and n not in FORWARDING_HEADERS
+    ]
+
+
+def relayable_response_headers(pairs: Sequence[tuple[Any, Any]]) -> list[tuple[str, str]]:
+    """Response headers a caller must get exactly as the local app sent them: all but
+    hop-by-hop (HD-4), framing (HD-4) and per-server stamps (``Date``, ``Server``)."""
+    kept = strip_hop_by_hop(header_list(pairs))
+    return [(n, v) for n, v in kept if n not in FRAMING_HEADERS and n not in RELAY_STAMP_HEADERS]
+
+
+def origin_events(origin_url: str, tag: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = httpx.get(f"{origin_url}/log", params={"tag": tag}).json()
+    return events
+
+
+def wait_for_origin_event(
+    origin_url: str, tag: str, kind: str, timeout: float = 10.0
+) -> dict[str, Any] | None:
+    """Poll the origin's event log until an event of ``kind`` with ``tag`` appears."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in origin_events(origin_url, tag):
+            if event.get("kind") == kind:
+                return event
+        time.sleep(0.05)
+    return None
+
+
+# ---------------------------------------------------------------------- strategies
+
+#: Methods every HTTP/1.1 parser knows, WebDAV and friends included.
+KNOWN_METHODS = (
+    "GET",
+    "POST",
+    "PUT",
+    "PATCH",
+    "DELETE",
+    "OPTIONS",
+    "TRACE",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "REPORT",
+    "SEARCH",
+    "MKCALENDAR",
+    "PURGE",
+)
+
+
+def methods() -> st.SearchStrategy[str]:
+    return st.sampled_from(KNOWN_METHODS)
+
+
+def extension_methods() -> st.SearchStrategy[str]:
+    """Method tokens no parser has a table entry for (RFC 9110 allows any token)."""
+    return st.from_regex(r"X-[A-Z0-9!#$%&'*+.^_`|~-]{1,12}", fullmatch=True)
+
+
+_UNRESERVED = st.from_regex(r"[A-Za-z0-9._~-]{1,8}", fullmatch=True)
+_SUB_DELIMS = st.text(alphabet="!$&'()*+,;=:@", min_size=1, max_size=4)
+
+
+@st.composite
+def _percent_bytes(draw: st.DrawFn) -> str:
+    data = draw(st.binary(min_size=1, max_size=4))
+    upper = draw(st.booleans())
+    return "".join(f"%{b:02X}" if upper else f"%{b:02x}" for b in data)
+
+
+def _unicode_segment() -> st.SearchStrategy[str]:
+    return st.text(min_size=1, max_size=4).map(lambda s: quote(s.encode("utf-8"), safe=""))
+
+
+_SEGMENT = st.one_of(
+    _UNRESERVED,
+    _SUB_DELIMS,
+    _percent_bytes(),
+    _unicode_segment(),
+    st.sampled_from([".", "..", ""]),
+)
+
+
+@st.composite
+def paths(draw: st.DrawFn) -> str:
+    """A raw path below ``/echo/``: percent-encoding of any byte (both hex cases),
+    percent-encoded UTF-8, sub-delims, dot segments, empty segments, trailing slash."""
+    segments = draw(st.lists(_SEGMENT, min_size=1, max_size=5))
+    trailing = "/" if draw(st.booleans()) else ""
+    return "/echo/" + "/".join(segments) + trailing
+
+
+_QUERY_TEXT = st.one_of(
+    st.from_regex(r"[A-Za-z0-9._~-]{0,5}", fullmatch=True),
+    st.text(alphabet="!$'()*+,;:@/?", max_size=3),
+    _percent_bytes(),
+    _unicode_segment(),
+)
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> str:
+    """A raw query string: duplicate keys, empty values, bare keys, order that matters."""
+    keys = draw(st.lists(st.sampled_from(["a", "b", "x", "A"]) | _QUERY_TEXT, max_size=6))
+    parts: list[str] = []
+    for key in keys:
+        form = draw(st.sampled_from(["kv", "k=", "k", "=v"]))
+        value = draw(_QUERY_TEXT)
+        parts.append({"kv": f"{key}={value}", "k=": f"{key}=", "k": key, "=v": f"={value}"}[form])
+    return "&".join(parts)
+
+
+_VALUE_CHARS = [chr(c) for c in range(0x21, 0x7F)] + [chr(c) for c in range(0x80, 0x100)]
+
+
+@st.composite
+def header_value(draw: st.DrawFn) -> str:
+    """A legal field value (latin-1 string): visible ASCII, obs-text 0x80-0xFF and inner
+    spaces/tabs; no leading or trailing whitespace (parsers strip it, RFC 9110 5.5)."""
+    core = draw(st.text(alphabet=[*_VALUE_CHARS, " ", "\t"], max_size=24))
+    return core.strip(" \t")
+
+
+@st.composite
+def request_headers(draw: st.DrawFn) -> list[tuple[str, str]]:
+    """Extension headers with repeated names in mixed case (multi-valued fields)."""
+    names = st.sampled_from(["X-PGC-A", "x-pgc-a", "X-Pgc-B", "x-pgc-c", "Accept", "Cookie"])
+    return draw(st.lists(st.tuples(names, header_value()), max_size=8))

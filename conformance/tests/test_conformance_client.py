@@ -1,0 +1,419 @@
+"""The client under test, driven by the reference server (no server under test involved).
+
+The reference server (:class:`ReferenceServer`) performs the handshake like a real
+server, then opens streams itself, checks what the client answers, and sends hostile
+frames. After a protocol error the client must close the tunnel with the documented
+close code (ER-2) and connect again (LV-3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pytest
+from pipegate_conformance.harness import ManagedProcess, free_port
+from pipegate_conformance.origin import pattern_sha256
+from pipegate_conformance.plugin import Implementations, Origin
+from pipegate_conformance.refpeer import PeerClosed, ReferenceServer, ServerSession
+from pipegate_conformance.support import wait_for_origin_event
+from pipegate_protocol import (
+    CAPABILITY_WEBSOCKET,
+    MAX_WINDOW,
+    Data,
+    FlowControlError,
+    Limits,
+    Pong,
+    ProtocolVersion,
+    Reset,
+    ResetCode,
+    Response,
+    Role,
+    StreamKind,
+    WebSocketClose,
+    WebSocketData,
+    encode,
+)
+from pipegate_protocol import Open as OpenMessage
+
+
+@dataclass
+class DrivenClient:
+    ref: ReferenceServer
+    session: ServerSession
+    process: ManagedProcess
+
+
+async def _drive(
+    implementations: Implementations,
+    local_url: str,
+    limits: Limits | None = None,
+) -> AsyncIterator[DrivenClient]:
+    async with ReferenceServer(implementations.token, limits=limits) as ref:
+        process = implementations.start_client(local_url, ref.url("refnode"))
+        try:
+            try:
+                session = await ref.next_session(within=30.0)
+            except TimeoutError:
+                pytest.fail(f"the client never completed its hello:\n{process.output()[-2000:]}")
+            yield DrivenClient(ref, session, process)
+        finally:
+            await asyncio.to_thread(process.stop, 5.0)
+
+
+@pytest.fixture
+async def driven(implementations: Implementations, origin: Origin) -> AsyncIterator[DrivenClient]:
+    """A client under test connected to a fresh reference server, local app = origin."""
+    async for item in _drive(implementations, origin.url):
+        yield item
+
+
+async def _open(session: ServerSession, **fields: object) -> int:
+    stream_id = session.conn.open_stream(**fields)  # type: ignore[arg-type]
+    await session.flush()
+    return stream_id
+
+
+@pytest.mark.rule("HS-2", "HS-3", "HS-4", "HS-11", "HS-12")
+async def test_client_handshake(driven: DrivenClient, implementations: Implementations) -> None:
+    """HS-2/3: the upgrade presents the token and offers pipegate.v1; HS-4/11/12: the
+    client's hello has role client, the negotiated version, websocket capability and no
+    connection id."""
+    request = driven.session.request
+    assert request is not None
+    bearer = request.headers.get("Authorization", "")
+    alt = request.headers.get("PipeGate-Client-Token", "")
+    assert bearer == f"Bearer {implementations.token}" or alt == implementations.token
+    assert implementations.token not in request.path, "HS-2: the token must not be in the URL"
+    offered = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
+    assert ProtocolVersion.V1.value in [item.strip() for item in offered.split(",")]
+    hello = driven.session.client_hello
+    assert hello is not None
+    assert hello.role is Role.CLIENT
+    assert hello.version is ProtocolVersion.V1
+    assert CAPABILITY_WEBSOCKET in hello.capabilities
+    assert hello.connection_id is None
+
+
+@pytest.mark.rule("HD-1", "HD-3", "HD-6", "ST-3")
+async def test_client_relays_request_head(driven: DrivenClient, origin: Origin) -> None:
+    """HD-1/HD-6: the client calls the local app with the raw path/query and the local
+    authority as Host, passing every other header unchanged."""
+    session = driven.session
+    headers = [
+        ("host", "public.example"),
+        ("x-pgc", "caf\xe9"),
+        ("x-pgc", ""),
+        ("x-forwarded-host", "public.example"),
+    ]
+    stream_id = await _open(
+        session,
+        method="PROPFIND",
+        path="/echo/a%2Fb/./c/../%C3%A9/",
+        query="b=&a=1&a=2",
+        headers=headers,
+        end_stream=True,
+    )
+    response = await session.next_of(Response)
+    assert response.stream_id == stream_id
+    assert response.status == 200
+    body = json.loads(await session.read_body(stream_id))
+    assert body["method"] == "PROPFIND"
+    assert body["raw_path"] == "/echo/a%2Fb/./c/../%C3%A9/"
+    assert body["query"] == "b=&a=1&a=2"
+    got = [(n.lower(), v) for n, v in body["headers"]]
+    assert ("host", urlsplit(origin.url).netloc) in got
+    assert [h for h in got if h[0] in ("x-pgc", "x-forwarded-host")] == headers[1:]
+
+
+@pytest.mark.rule("FC-2", "FC-3", "FC-4", "HD-8")
+async def test_client_returns_credit_for_request_body(driven: DrivenClient) -> None:
+    """FC-4: a request body three windows long gets through only if the client returns
+    credit as it writes to the local app; the local app sees every byte in order."""
+    session = driven.session
+    stream_id = await _open(session, method="POST", path="/upload")
+    total = 3 * session.conn.peer_limits.initial_window + 12345
+    block = hashlib.sha256(b"conformance").digest() * 1024
+    digest = hashlib.sha256()
+    sent = 0
+    async with asyncio.timeout(60):
+        while sent < total:
+            window = session.conn.send_window(stream_id)
+            if window == 0:
+                await session.next_message()  # a window update, hopefully
+                continue
+            size = min(window, session.conn.max_data_size, total - sent, len(block))
+            piece = block[:size]
+            session.conn.send_data(stream_id, piece, end_stream=sent + size == total)
+            await session.flush()
+            digest.update(piece)
+            sent += size
+    response = await session.next_of(Response)
+    assert response.status == 200
+    body = json.loads(await session.read_body(stream_id))
+    assert body == {"length": total, "sha256": digest.hexdigest()}
+
+
+@pytest.mark.rule("FC-2", "FC-3", "FC-6", "HD-8")
+async def test_client_respects_the_servers_window(
+    implementations: Implementations, origin: Origin
+) -> None:
+    """FC-2/FC-6: with a 64 KiB initial window and no credit returned, the client sends
+    at most 64 KiB of a 1 MiB response; once credit flows, the rest arrives intact."""
+    window = 65536
+    async for driven in _drive(implementations, origin.url, Limits(initial_window=window)):
+        session = driven.session
+        size = 1024 * 1024
+        stream_id = await _open(session, method="GET", path=f"/bytes/{size}", end_stream=True)
+        await session.next_of(Response)
+        received = bytearray()
+        try:
+            async with asyncio.timeout(1.5):
+                while True:
+                    message = await session.next_message()
+                    if isinstance(message, Data):
+                        received += message.data
+        except TimeoutError:
+            pass  # nothing more arrives while no credit is returned: as it must be
+        except FlowControlError as exc:
+            pytest.fail(f"FC-6: the client overran its window: {exc}")
+        assert 0 < len(received) <= window
+        session.conn.acknowledge(stream_id, len(received))
+        await session.flush()
+        rest = await session.read_body(stream_id, within=30.0)
+        assert hashlib.sha256(bytes(received) + rest).hexdigest() == pattern_sha256(size)
+
+
+@pytest.mark.rule("LV-1")
+async def test_client_answers_ping(driven: DrivenClient) -> None:
+    """LV-1: a ping is answered with a pong carrying the same id."""
+    driven.session.conn.send_ping(4242)
+    await driven.session.flush()
+    pong = await driven.session.next_of(Pong)
+    assert pong.id == 4242
+
+
+@pytest.mark.rule("ST-7", "LV-3")
+async def test_reset_cancels_the_local_request(driven: DrivenClient, origin: Origin) -> None:
+    """ST-7: a reset from the server makes the client cancel its request to the local
+    app (the origin records that its caller went away)."""
+    session = driven.session
+    tag = secrets.token_hex(6)
+    stream_id = await _open(
+        session, method="GET", path="/drip", query=f"tag={tag}", end_stream=True
+    )
+    response = await session.next_of(Response)
+    assert response.status == 200
+    session.conn.reset_stream(stream_id, ResetCode.CALLER_GONE)
+    await session.flush()
+    event = await asyncio.to_thread(wait_for_origin_event, origin.url, tag, "cancelled", 15.0)
+    assert event is not None, "the local request was not cancelled after the reset"
+
+
+@pytest.mark.rule("HD-12")
+async def test_local_app_down_gives_502(implementations: Implementations) -> None:
+    """HD-12: local app unreachable -> 502 response (or reset upstream_failed); the
+    tunnel stays up."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    async for driven in _drive(implementations, dead):
+        session = driven.session
+        stream_id = await _open(session, method="GET", path="/x", end_stream=True)
+        message = await session.next_message(within=20.0)
+        while not isinstance(message, Response | Reset):
+            message = await session.next_message(within=20.0)
+        if isinstance(message, Response):
+            assert message.status == 502
+        else:
+            assert message.code.value == "upstream_failed"
+        assert message.stream_id == stream_id
+        session.conn.send_ping(7)
+        await session.flush()
+        assert (await session.next_of(Pong)).id == 7
+
+
+@pytest.mark.rule("WS-1", "WS-2", "WS-3", "WS-4")
+async def test_client_relays_a_websocket(driven: DrivenClient, origin: Origin) -> None:
+    """WS-3: 101 with the chosen subprotocol; WS-2: messages both ways, fragmented and
+    large; WS-4: a ws_close from the server reaches the local app with its code."""
+    session = driven.session
+    tag = secrets.token_hex(6)
+    stream_id = await _open(
+        session,
+        method="GET",
+        path="/ws/echo",
+        query=f"tag={tag}",
+        headers=[("sec-websocket-protocol", "chat, superchat"), ("sec-websocket-version", "13")],
+        kind=StreamKind.WEBSOCKET,
+        end_stream=True,
+    )
+    response = await session.next_of(Response)
+    assert response.status == 101
+    assert ("sec-websocket-protocol", "chat") in [(n.lower(), v) for n, v in response.headers]
+
+    async def roundtrip(payload: bytes, text: bool, fragments: int) -> None:
+        step = max(1, -(-len(payload) // fragments))
+        pieces = [payload[i : i + step] for i in range(0, len(payload), step)] or [b""]
+        for index, piece in enumerate(pieces):
+            while session.conn.send_window(stream_id) < len(piece):
+                await session.next_message()
+            session.conn.send_websocket_data(
+                stream_id, piece, text=text, fin=index == len(pieces) - 1
+            )
+        await session.flush()
+        got = bytearray()
+        while True:
+            message = await session.next_of(WebSocketData)
+            assert message.text is text
+            got += message.data
+            session.conn.acknowledge(stream_id, len(message.data))
+            await session.flush()
+            if message.fin:
+                break
+        assert bytes(got) == payload
+
+    await roundtrip("h\xe9llo \u2603".encode(), text=True, fragments=3)
+    await roundtrip(bytes(range(256)) * 8, text=False, fragments=1)
+    await roundtrip(b"", text=False, fragments=1)
+    await roundtrip(secrets.token_bytes(700_000), text=False, fragments=4)
+    session.conn.send_websocket_close(stream_id, 4321, "bye")
+    await session.flush()
+    event = await asyncio.to_thread(wait_for_origin_event, origin.url, tag, "ws_closed", 10.0)
+    assert event is not None
+    assert event["code"] == 4321
+
+
+@pytest.mark.rule("WS-4")
+async def test_local_app_close_code_reaches_server(driven: DrivenClient) -> None:
+    """WS-4: the local app closing with 4123 arrives as ws_close 4123."""
+    session = driven.session
+    stream_id = await _open(
+        session,
+        method="GET",
+        path="/ws/close/4123",
+        kind=StreamKind.WEBSOCKET,
+        headers=[("sec-websocket-version", "13")],
+        end_stream=True,
+    )
+    response = await session.next_of(Response)
+    assert response.status == 101
+    close = await session.next_of(WebSocketClose)
+    assert (close.stream_id, close.code) == (stream_id, 4123)
+
+
+def _raw_open(stream_id: int, path: str = "/stall") -> str:
+    encoded = encode(OpenMessage(stream_id=stream_id, method="GET", path=path, end_stream=True))
+    assert isinstance(encoded, str)
+    return encoded
+
+
+HOSTILE: dict[str, tuple[int, list[str | bytes]]] = {
+    "malformed-json": (1002, ["{not json"]),
+    "unknown-type": (1002, ['{"type": "bogus", "stream_id": 1}']),
+    "short-binary": (1002, [b"\x00\x00"]),
+    "unknown-frame-kind": (1002, [b"\x05\x00\x00\x00\x01payload"]),
+    "reserved-bit-stream-id": (1002, [b"\x00\x80\x00\x00\x01payload"]),
+    "data-never-opened-stream": (1002, [b"\x80\x00\x00\x00\x63data"]),
+    "second-hello": (
+        1002,
+        ['{"type": "hello", "version": "pipegate.v1", "role": "server"}'],
+    ),
+    "response-from-server": (1002, ['{"type": "response", "stream_id": 1, "status": 200}']),
+    "stream-id-not-increasing": (1002, [_raw_open(5), _raw_open(3)]),
+    "window-overflow": (
+        4001,
+        [_raw_open(1), f'{{"type": "window_update", "stream_id": 1, "increment": {MAX_WINDOW}}}'],
+    ),
+    "open-after-goaway": (
+        1002,
+        ['{"type": "goaway", "last_stream_id": 0, "reason": "shutdown"}', _raw_open(1)],
+    ),
+}
+RULES_OF = {
+    "malformed-json": "FR-6",
+    "unknown-type": "VE-4",
+    "short-binary": "FR-6",
+    "unknown-frame-kind": "FR-3",
+    "reserved-bit-stream-id": "FR-7",
+    "data-never-opened-stream": "ST-6",
+    "second-hello": "HS-4",
+    "response-from-server": "ST-9",
+    "stream-id-not-increasing": "ST-1",
+    "window-overflow": "FC-5",
+    "open-after-goaway": "LV-4",
+}
+
+
+@pytest.mark.rule("ER-1", "ER-2", "LV-3")
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(name, marks=pytest.mark.rule(RULES_OF[name])) for name in HOSTILE],
+)
+async def test_client_closes_on_hostile_frames_and_reconnects(
+    driven: DrivenClient, case: str
+) -> None:
+    """ER-2: the client closes the tunnel with the documented code; LV-3: it reconnects."""
+    code, payloads = HOSTILE[case]
+    for payload in payloads:
+        await driven.session.send_raw(payload)
+    closed = await driven.session.wait_closed(within=15.0)
+    assert closed == code, f"{case}: expected close code {code}, got {closed}"
+    again = await driven.ref.next_session(within=30.0)
+    assert again.client_hello is not None
+
+
+@pytest.mark.rule("FR-5", "ER-2", "LV-3")
+async def test_client_closes_on_oversize_frame(driven: DrivenClient) -> None:
+    """FR-5: a frame above the client's max_frame_size closes with 1009."""
+    hello = driven.session.client_hello
+    assert hello is not None
+    await driven.session.send_raw(
+        b"\x80\x00\x00\x00\x01" + b"x" * (hello.limits.max_frame_size + 1)
+    )
+    assert await driven.session.wait_closed(within=15.0) == 1009
+    assert (await driven.ref.next_session(within=30.0)).client_hello is not None
+
+
+@pytest.mark.rule("ST-4", "ER-2")
+async def test_client_enforces_its_stream_limit(driven: DrivenClient) -> None:
+    """ST-4: one open more than max_concurrent_streams closes with 4002."""
+    hello = driven.session.client_hello
+    assert hello is not None
+    limit = hello.limits.max_concurrent_streams
+    if limit > 512:
+        pytest.skip(f"client advertises {limit} streams; too many to open in a quick check")
+    for stream_id in range(1, limit + 2):
+        await driven.session.send_raw(_raw_open(stream_id))
+    assert await driven.session.wait_closed(within=20.0) == 4002
+
+
+@pytest.mark.rule("HS-7")
+@pytest.mark.parametrize("status", [403, 400])
+async def test_client_stops_after_refusal(
+    implementations: Implementations, origin: Origin, status: int
+) -> None:
+    """HS-7: after 403 (wrong token) or 400 (no common version) the client stops with
+    a non-zero exit status instead of retrying in a loop."""
+    async with ReferenceServer(implementations.token, refuse_with=status) as ref:
+        process = implementations.start_client(origin.url, ref.url("refnode"))
+        try:
+            code = await asyncio.to_thread(process.wait, 20.0)
+        finally:
+            await asyncio.to_thread(process.stop, 5.0)
+        assert code is not None, f"the client kept running after {status}"
+        assert code != 0
+        assert len(ref.refusals) <= 2, f"the client retried {len(ref.refusals)} times"
+
+
+@pytest.mark.rule("LV-3")
+async def test_client_reconnects_after_tunnel_loss(driven: DrivenClient) -> None:
+    """LV-3: when the server drops the tunnel (1001 going away), the client reconnects."""
+    await driven.session.ws.close(1001, "restart")
+    session = await driven.ref.next_session(within=30.0)
+    assert session.client_hello is not None
+    with pytest.raises(PeerClosed):
+        await driven.session.next_message(within=1.0)
