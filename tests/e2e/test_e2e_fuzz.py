@@ -188,10 +188,10 @@ def _fuzz_message(rng: random.Random) -> str | bytes:
     return encode(WindowUpdate(stream_id=rng.randrange(1, 2**31), increment=2**31 - 1))
 
 
-def _has_leak(payload: str | bytes | None) -> bool:
+def _has_leak(payload: str | bytes | bytearray | None) -> bool:
     if payload is None:
         return False
-    text = payload.decode("latin-1") if isinstance(payload, bytes) else payload
+    text = payload if isinstance(payload, str) else bytes(payload).decode("latin-1")
     return any(marker in text for marker in LEAK_MARKERS)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -92,12 +93,12 @@ def test_websocket_to_unknown_id_is_404(tunnel: Tunnel) -> None:
 
 
 def test_many_websockets_at_once(tunnel: Tunnel) -> None:
-    sockets = [connect(_ws_url(tunnel, "/ws/echo"), open_timeout=10) for _ in range(10)]
-    try:
+    with contextlib.ExitStack() as stack:
+        sockets = [
+            stack.enter_context(connect(_ws_url(tunnel, "/ws/echo"), open_timeout=10))
+            for _ in range(10)
+        ]
         for index, ws in enumerate(sockets):
             ws.send(f"socket {index}")
         for index, ws in enumerate(sockets):
             assert ws.recv(timeout=10) == f"socket {index}"
-    finally:
-        for ws in sockets:
-            ws.close()
