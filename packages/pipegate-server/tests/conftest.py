@@ -128,7 +128,10 @@ class ClientStream:
         return await self.inbox.get()
 
     async def respond(
-        self, status: int, headers: list[tuple[str, str]] = (), body: bytes | None = b""  # type: ignore[assignment]
+        self,
+        status: int,
+        headers: list[tuple[str, str]] = (),
+        body: bytes | None = b"",  # type: ignore[assignment]
     ) -> None:
         end = body is not None and len(body) == 0
         self.client.conn.send_response(self.id, status, list(headers), end_stream=end)
@@ -136,7 +139,9 @@ class ClientStream:
         if body:
             await self.send(body, end_stream=True)
 
-    async def send(self, data: bytes, *, end_stream: bool = False, text: bool | None = None) -> None:
+    async def send(
+        self, data: bytes, *, end_stream: bool = False, text: bool | None = None
+    ) -> None:
         conn = self.client.conn
         view = memoryview(data)
         offset = 0

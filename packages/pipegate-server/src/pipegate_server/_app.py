@@ -50,7 +50,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0"
 
-_RESERVED = b"/" + RESERVED_PREFIX.encode("ascii")
+_RESERVED = RESERVED_PREFIX.encode("ascii")
 
 
 def _read_token_file(settings: ServerSettings) -> str | None:
@@ -251,14 +251,14 @@ class _GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        if raw.startswith(_RESERVED) and (len(raw) == len(_RESERVED) or raw[len(_RESERVED)] == 47):
-            await self.app(scope, receive, send)
-            return
         slash = raw.find(b"/", 1)
         if slash == -1:
             segment, rest = raw[1:], b""
         else:
             segment, rest = raw[1:slash], raw[slash:]
+        if segment == _RESERVED and (kind == "http" or rest):
+            await self.app(scope, receive, send)
+            return
         connection_id = segment.decode("latin-1")
         if kind == "websocket":
             if not rest:

@@ -56,6 +56,27 @@ _WS_HANDSHAKE = frozenset(
 #: How much of a refused WebSocket upgrade's body is relayed to the caller.
 _MAX_REFUSAL_BODY = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+#: After refusing a body as too large, up to this much more of it is read and dropped
+#: (for at most _DRAIN_SECONDS) so that the caller, still sending, can read the 413
+#: instead of seeing the connection reset under it.
+_DRAIN_BYTES = 4 * 1024 * 1024
+_DRAIN_SECONDS = 2.0
+
+
+async def _drain_body(receive: ASGIReceive) -> None:
+    """Read and drop what is left of a request body, within a small budget."""
+    dropped = 0
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            while dropped <= _DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                dropped += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
 
 
 async def send_plain(
@@ -211,6 +232,8 @@ class Relay:
             )
             limit = self.settings.max_body_size
             if limit and content_length is not None and content_length > limit:
+                if content_length - limit <= _DRAIN_BYTES and not _expects_continue(scope):
+                    await _drain_body(receive)
                 raise BodyTooLargeError(f"the request body exceeds the limit of {limit} bytes")
             has_body = chunked or bool(content_length)
             client = scope.get("client")
@@ -310,6 +333,8 @@ class Relay:
                 if limit and received > limit:
                     text = f"the request body exceeds the limit of {limit} bytes"
                     tunnel.reset(channel, ResetCode.TOO_LARGE, text)
+                    if more:
+                        await _drain_body(receive)
                     channel.fail(BodyTooLargeError(text))
                     return
                 await tunnel.send_data(channel, body, end_stream=not more)
@@ -529,6 +554,12 @@ class Relay:
                 size = 0
         except OSError:  # uvicorn's ClientDisconnected
             tunnel.send_websocket_close(channel, 1001, "the caller disconnected")
+
+
+def _expects_continue(scope: Scope) -> bool:
+    return any(
+        name == b"expect" and value.lower() == b"100-continue" for name, value in scope["headers"]
+    )
 
 
 def _http_scheme(scope: Scope) -> str:

@@ -230,6 +230,7 @@ def uvicorn_config(
     protocol's heartbeat covers tunnels; ``ws_max_size`` fits the largest frame. The
     Server and Date headers are off so relayed responses carry only the local app's.
     """
+    _install_denial_filter()
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
@@ -247,6 +248,25 @@ def uvicorn_config(
         lifespan="on",
         **overrides,
     )
+
+
+class _DenialLogFilter(logging.Filter):
+    """Drops uvicorn's false error after a WebSocket denial response.
+
+    uvicorn's websockets-sansio protocol does not mark the handshake complete after an
+    ASGI ``websocket.http.response`` denial and then logs "ASGI callable returned
+    without completing handshake." for every refused upgrade (401/403/404/409...).
+    The server always accepts or denies, so the line is never a real error here.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
+def _install_denial_filter() -> None:
+    uvicorn_logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DenialLogFilter) for f in uvicorn_logger.filters):
+        uvicorn_logger.addFilter(_DenialLogFilter())
 
 
 class _Server(uvicorn.Server):
