@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,10 +31,9 @@ from pipegate_protocol import (
     WebSocketData,
     WindowUpdate,
 )
-from websockets.asyncio.client import ClientConnection, connect
-
 from pipegate_server import ServerSettings, create_app
 from pipegate_server.cli import uvicorn_config
+from websockets.asyncio.client import ClientConnection, connect
 
 TOKEN = "test-token-0123456789"
 
@@ -130,8 +129,8 @@ class ClientStream:
     async def respond(
         self,
         status: int,
-        headers: list[tuple[str, str]] = (),
-        body: bytes | None = b"",  # type: ignore[assignment]
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes | None = b"",
     ) -> None:
         end = body is not None and len(body) == 0
         self.client.conn.send_response(self.id, status, list(headers), end_stream=end)
@@ -197,10 +196,10 @@ class FakeClient:
                     if message.stream_id in self.streams:
                         self.streams[message.stream_id].window.set()
                 elif isinstance(message, Data | Reset | WebSocketData | WebSocketClose):
-                    stream = self.streams.get(message.stream_id)
-                    if stream is not None:
-                        stream.inbox.put_nowait(message)
-                        stream.window.set()
+                    target = self.streams.get(message.stream_id)
+                    if target is not None:
+                        target.inbox.put_nowait(message)
+                        target.window.set()
                 elif message.type == "hello":
                     self.hello.set()
 

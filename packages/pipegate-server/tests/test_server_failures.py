@@ -183,10 +183,13 @@ async def test_head_204_304_and_duplicate_set_cookie(server: Any, pg: Any) -> No
         no_content = await http.get(f"{server.base}/node/204")
         not_modified = await http.get(f"{server.base}/node/304")
         cookies = await http.get(f"{server.base}/node/cookies")
-    assert head.status_code == 200 and head.headers["content-length"] == "42"
+    assert head.status_code == 200
+    assert head.headers["content-length"] == "42"
     assert head.content == b""
-    assert no_content.status_code == 204 and no_content.content == b""
-    assert not_modified.status_code == 304 and not_modified.headers["etag"] == '"a"'
+    assert no_content.status_code == 204
+    assert no_content.content == b""
+    assert not_modified.status_code == 304
+    assert not_modified.headers["etag"] == '"a"'
     assert cookies.headers.get_list("set-cookie") == ["a=1", "b=2"]
     assert cookies.content == b"ok"
 
