@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -226,10 +227,13 @@ class FakeServer:
         #: Called with each accepted tunnel instead of the default serve loop, if set.
         self.handler: Callable[[FakeTunnel], Any] | None = None
         self.port = 0
+        #: Serve wss:// with this context when set.
+        self.ssl_context: ssl.SSLContext | None = None
         self._server: Server | None = None
 
     def url(self, connection_id: str = "node") -> str:
-        return f"ws://127.0.0.1:{self.port}/{connection_id}"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}/{connection_id}"
 
     def _process_request(
         self, connection: ServerConnection, request: Request
@@ -263,6 +267,7 @@ class FakeServer:
             compression=None,
             ping_interval=None,
             max_size=None,
+            ssl=self.ssl_context,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

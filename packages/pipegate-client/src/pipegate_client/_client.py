@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import sys
 from collections.abc import Coroutine
 from typing import Any, TextIO
@@ -216,6 +217,8 @@ class TunnelClient:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"{exc.verify_message}; pass --ca-file if the server uses a private CA"
     if isinstance(exc, ConnectionRefusedError) or "refused" in text.lower():
         return "connection refused"
     if isinstance(exc, TimeoutError):

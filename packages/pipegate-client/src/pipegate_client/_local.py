@@ -13,6 +13,7 @@ import asyncio
 import errno
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -142,16 +143,24 @@ class LocalApp:
 
 
 def _describe(exc: BaseException) -> str:
+    """A short lower-case reason for a failed local call, e.g. "connection refused"."""
     os_error: BaseException = exc
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = exc.os_error
     code = getattr(os_error, "errno", None)
-    if code == errno.ECONNREFUSED or "refused" in str(os_error).lower():
+    if not isinstance(code, int):
+        # "Multiple exceptions: [Errno 111] ..." when every address of a name failed.
+        found = re.search(r"\[Errno (\d+)\]", str(os_error))
+        code = int(found.group(1)) if found else None
+    if code == errno.ECONNREFUSED:
         return "connection refused"
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "it closed the connection without answering"
+    strerror = getattr(os_error, "strerror", None)
+    if isinstance(strerror, str) and strerror:
+        return strerror.lower()
     if isinstance(code, int) and code > 0:
         return os.strerror(code).lower()
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -159,11 +168,13 @@ def _describe(exc: BaseException) -> str:
 
 
 def request_headers(channel: StreamChannel) -> CIMultiDict[str]:
-    """Headers for the local app: the caller's, minus hop-by-hop and ``Host`` (aiohttp
-    sets ``Host`` to the local URL's authority; the original is in X-Forwarded-Host)."""
+    """Headers for the local app: the caller's, minus hop-by-hop, ``Host`` (aiohttp
+    sets it to the local URL's authority; the original is in X-Forwarded-Host) and
+    ``Expect`` (the body is already on its way; waiting for a 100 from the local app
+    could stall an app that never sends one)."""
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in strip_hop_by_hop(channel.open.headers):
-        if name.lower() == "host":
+        if name.lower() in ("host", "expect"):
             continue
         headers.add(name, wire_str(value))
     return headers

@@ -231,6 +231,8 @@ class TunnelSession:
                 await relay_websocket(channel, self.local, self.connection_id)
             else:
                 await relay_http(channel, self.local, self.connection_id)
+            if channel.is_open:  # a handler must end its stream; never leak one
+                await channel.reset(ResetCode.INTERNAL_ERROR, "stream abandoned")
         except (StreamGone, ConnectionClosed):
             pass
         except Exception:
