@@ -235,3 +235,45 @@ async def test_client_local_failure_mid_body_resets_stream(harness: Any) -> None
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_client_sends_dot_segments_and_method_case_unchanged(tunnel: Any) -> None:
+    fake, _client, _output = tunnel
+    head, body = await fake.request("GET", "/echo/a/../b/./c", "q=%2e%2e")
+    assert head.status == 200
+    assert _json(body)["raw_path"] == "/echo/a/../b/./c?q=%2e%2e"
+
+
+
+async def test_client_keeps_method_case(harness: Any) -> None:
+    # aiohttp.web upper-cases what it parses, so look at the raw request line.
+    lines: list[bytes] = []
+
+    async def raw_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines.append(head.split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(raw_app, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = harness.settings(local_url=f"http://127.0.0.1:{port}")
+        async with harness.run(settings) as (_client, _output, _task):
+            fake = await harness.server.next_tunnel()
+            head, body = await fake.request("purge", "/a%20b", "x")
+            assert (head.status, body) == (200, b"ok")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert lines == [b"purge /a%20b?x HTTP/1.1"]
+
+
+async def test_client_passes_utf8_header_bytes_exactly(tunnel: Any) -> None:
+    fake, _client, _output = tunnel
+    raw = "naïve ☃".encode()
+    head, body = await fake.request("GET", "/echo", headers=[("X-Name", raw.decode("latin-1"))])
+    assert head.status == 200
+    sent = [v for n, v in _json(body)["headers"] if n.lower() == "x-name"]
+    assert [v.encode("latin-1") for v in sent] == [raw]

@@ -18,12 +18,11 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pydantic
-from aiohttp import ClientRequest, hdrs
+from aiohttp import hdrs
 from multidict import CIMultiDict
 from pipegate_protocol import LocalProtocolError, ResetCode, strip_hop_by_hop
 from yarl import URL
@@ -41,12 +40,14 @@ _DISCARD_LIMIT = 4 * 1024 * 1024
 _DISCARD_TIMEOUT = 5.0
 
 
-class _TransparentRequest(ClientRequest):
-    """aiohttp upper-cases the method; HTTP methods are case-sensitive, so undo that."""
+class _Method(str):
+    """A method that survives aiohttp unchanged: aiohttp upper-cases the method (twice,
+    in the session and the request), but HTTP methods are case-sensitive."""
 
-    def __init__(self, method: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(method, *args, **kwargs)
-        self.method = method
+    __slots__ = ()
+
+    def upper(self) -> str:
+        return self
 
 
 def wire_str(value: str) -> str:
@@ -93,7 +94,6 @@ class LocalApp:
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=connect if connect > 0 else None
             ),
-            request_class=_TransparentRequest,
             requote_redirect_url=False,
             trust_env=False,
             read_bufsize=256 * 1024,
@@ -196,7 +196,7 @@ async def relay_http(channel: StreamChannel, app: LocalApp, connection_id: str) 
     body: AsyncIterator[bytes] | None = None if message.end_stream else channel.request_body()
     try:
         async with app.session.request(
-            message.method,
+            _Method(message.method),
             app.http_url(message.path, message.query),
             headers=request_headers(channel),
             data=body,
