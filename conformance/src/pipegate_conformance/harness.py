@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -341,6 +342,12 @@ class Tunnel:
     server: ManagedProcess | None
     client: ManagedProcess | None
     origin: ManagedProcess | None
+
+    def __repr__(self) -> str:  # short: hypothesis prints it in every falsifying example
+        return f"Tunnel({self.public_url!r} -> {self.origin_url!r})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
 
     @property
     def public_url(self) -> str:

@@ -54,10 +54,11 @@ __all__ = [
 class TunnelRefused(Exception):
     """The server answered the upgrade with a non-101 status."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"upgrade refused with {status}: {body[:200]!r}")
         self.status = status
         self.body = body
+        self.headers = headers or {}
 
 
 class PeerClosed(Exception):
@@ -185,7 +186,9 @@ async def connect_reference_client(
             compression=None,
         )
     except websockets.InvalidStatus as exc:
-        raise TunnelRefused(exc.response.status_code, exc.response.body or b"") from None
+        response = exc.response
+        headers = {name.lower(): value for name, value in response.headers.raw_items()}
+        raise TunnelRefused(response.status_code, response.body or b"", headers) from None
     conn = Connection(
         Role.CLIENT,
         limits=limits,
