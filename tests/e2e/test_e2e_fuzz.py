@@ -12,6 +12,7 @@ a bystander tunnel on the same server keeps relaying.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import random
 import time
@@ -45,12 +46,13 @@ from pipegate_protocol import (
     encode,
 )
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
 
 SEED = 20261125
 CASES = 240
 BATCH = 40
 MAX_FRAME = 256 * 1024
+PUBLIC_TIMEOUT = 10.0
 #: Close codes a server may use to end a tunnel it does not like (RFC 6455 and the
 #: PipeGate range). 1006 (no close frame) and 1011 (internal error) mean it crashed.
 PROPER_CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009} | set(range(4000, 5000))
@@ -67,6 +69,7 @@ class FuzzReport:
     silent: list[str] = field(default_factory=list)
     health_failures: list[str] = field(default_factory=list)
     bystander_failures: list[str] = field(default_factory=list)
+    public: Counter[str] = field(default_factory=Counter)
     server_exit: int | None = None
     server_log: str = ""
 
@@ -195,8 +198,56 @@ def _has_leak(payload: str | bytes | bytearray | None) -> bool:
     return any(marker in text for marker in LEAK_MARKERS)
 
 
-def _run_case(index: int, rng: random.Random, ws_base: str, token: str, report: FuzzReport) -> None:
+def _stream_script(rng: random.Random, open_message: Open) -> list[str | bytes]:
+    """A plausible answer to the server's Open, with mutations and stray messages."""
+    sid = open_message.stream_id
+    script: list[str | bytes] = [
+        encode(Response(stream_id=sid, status=200, headers=(("content-type", "text/plain"),))),
+        encode(Data(sid, b"fuzzed body ")),
+        encode(Data(sid, rng.randbytes(rng.randint(0, 300)), end_stream=True)),
+    ]
+    for _ in range(rng.randint(1, 3)):
+        position = rng.randrange(len(script) + 1)
+        roll = rng.random()
+        if roll < 0.4:
+            victim = rng.randrange(len(script))
+            item = script[victim]
+            script[victim] = _mutate_json(rng, item) if isinstance(item, str) else _flip(rng, item)
+        elif roll < 0.55:
+            script.insert(position, encode(Response(stream_id=sid, status=rng.randint(100, 599))))
+        elif roll < 0.65:
+            script.insert(position, encode(WebSocketData(sid, b"x", text=True)))
+        elif roll < 0.75:
+            script.insert(position, encode(Data(sid, b"\0" * (2 * 1024 * 1024 // 16))))
+        elif roll < 0.85:
+            script.insert(position, encode(Reset(stream_id=sid, code=rng.choice(list(ResetCode)))))
+        elif roll < 0.92:
+            script.insert(position, encode(WindowUpdate(stream_id=sid, increment=2**31 - 1)))
+        else:
+            script.insert(position, _fuzz_message(rng))
+    return script
+
+
+def _public_call(url: str, method: str) -> str:
+    try:
+        response = httpx.request(method, url, content=b"q" * 100, timeout=PUBLIC_TIMEOUT)
+    except httpx.TimeoutException:
+        return "hung"
+    except httpx.HTTPError as exc:
+        return f"error {type(exc).__name__}"
+    if _has_leak(response.content):
+        return f"leak {response.status_code} {response.text[:300]!r}"
+    return f"status {response.status_code}"
+
+
+def _run_case(
+    index: int, rng: random.Random, server_base: str, token: str, report: FuzzReport
+) -> None:
+    """Odd cases fuzz a bare tunnel; even cases first let a public request open a
+    stream, then answer it with a mutated script (reaching the relay code)."""
     name = f"case {index} (seed {SEED})"
+    with_stream = index % 2 == 0
+    ws_base = server_base.replace("http://", "ws://", 1)
     try:
         ws = connect(
             f"{ws_base}/fuzz-{index}",
@@ -211,43 +262,81 @@ def _run_case(index: int, rng: random.Random, ws_base: str, token: str, report: 
         if _has_leak(refused.response.body):
             report.leaks.append(f"{name}: upgrade refusal body {refused.response.body!r}")
         return
-    with ws:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        public: concurrent.futures.Future[str] | None = None
+        with ws:
+            try:
+                ws.recv(timeout=10)  # the server's hello
+                if with_stream:
+                    ws.send(_client_hello())
+                    method = rng.choice(["GET", "POST"])
+                    public = pool.submit(
+                        _public_call, f"{server_base}/fuzz-{index}/p?q={index}", method
+                    )
+                    opened = _next_open(ws)
+                    for payload in _stream_script(rng, opened):
+                        ws.send(payload)
+                else:
+                    if rng.random() < 0.8:
+                        ws.send(_client_hello())
+                    for _ in range(rng.randint(1, 4)):
+                        ws.send(_fuzz_message(rng))
+                _expect_pong(ws, rng, name, report)
+            except ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd else None
+                reason = closed.rcvd.reason if closed.rcvd else ""
+                report.outcomes["closed"] += 1
+                report.close_codes[code] += 1
+                if code not in PROPER_CLOSE_CODES:
+                    report.improper.append(f"{name}: closed with {code} {reason!r}")
+                if _has_leak(reason):
+                    report.leaks.append(f"{name}: close reason {reason!r}")
+            except TimeoutError:
+                report.outcomes["silent"] += 1
+                report.silent.append(f"{name}: neither pong nor close within 5 s")
+        # The tunnel is closed now: the public caller must have its answer promptly.
+        if public is not None:
+            try:
+                outcome = public.result(timeout=PUBLIC_TIMEOUT + 5)
+            except concurrent.futures.TimeoutError:
+                outcome = "hung"
+            report.public[outcome.split(" ", 2)[0] + " " + outcome.split(" ")[-1]] += 1
+            if outcome == "hung":
+                report.silent.append(f"{name}: the public request hung")
+            elif outcome.startswith("leak"):
+                report.leaks.append(f"{name}: public response {outcome}")
+
+
+def _next_open(ws: ClientConnection) -> Open:
+    deadline = time.monotonic() + 10
+    while True:
+        message = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        decoded = decode(message)
+        if isinstance(decoded, Open):
+            return decoded
+        if isinstance(decoded, Ping):
+            ws.send(encode(Pong(id=decoded.id)))
+
+
+def _expect_pong(ws: ClientConnection, rng: random.Random, name: str, report: FuzzReport) -> None:
+    ping_id = rng.randrange(2**40)
+    ws.send(encode(Ping(id=ping_id)))
+    deadline = time.monotonic() + 5.0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        message = ws.recv(timeout=remaining)
+        if _has_leak(message):
+            report.leaks.append(f"{name}: message {message!r:.300}")
         try:
-            ws.recv(timeout=10)  # the server's hello
-            if rng.random() < 0.8:
-                ws.send(_client_hello())
-            for _ in range(rng.randint(1, 4)):
-                ws.send(_fuzz_message(rng))
-            ping_id = rng.randrange(2**40)
-            ws.send(encode(Ping(id=ping_id)))
-            deadline = time.monotonic() + 5.0
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                message = ws.recv(timeout=remaining)
-                if _has_leak(message):
-                    report.leaks.append(f"{name}: message {message!r:.300}")
-                try:
-                    decoded = decode(message)
-                except DecodeError:
-                    report.improper.append(f"{name}: server sent undecodable {message!r:.200}")
-                    continue
-                if isinstance(decoded, Pong) and decoded.id == ping_id:
-                    report.outcomes["survived"] += 1
-                    return
-        except ConnectionClosed as closed:
-            code = closed.rcvd.code if closed.rcvd else None
-            reason = closed.rcvd.reason if closed.rcvd else ""
-            report.outcomes["closed"] += 1
-            report.close_codes[code] += 1
-            if code not in PROPER_CLOSE_CODES:
-                report.improper.append(f"{name}: closed with {code} {reason!r}")
-            if _has_leak(reason):
-                report.leaks.append(f"{name}: close reason {reason!r}")
-        except TimeoutError:
-            report.outcomes["silent"] += 1
-            report.silent.append(f"{name}: neither pong nor close within 5 s")
+            decoded = decode(message)
+        except DecodeError:
+            report.improper.append(f"{name}: server sent undecodable {message!r:.200}")
+            continue
+        if isinstance(decoded, Pong) and decoded.id == ping_id:
+            report.outcomes["survived"] += 1
+            return
 
 
 @pytest.fixture(scope="module")
@@ -256,11 +345,10 @@ def fuzz_report(origin: str) -> Iterator[FuzzReport]:
         factory = TunnelFactory(group, origin)
         bystander = factory.tunnel("bystander")
         assert bystander.server is not None
-        ws_base = bystander.server_ws_url.rsplit("/", 1)[0]
         report = FuzzReport()
         rng = random.Random(SEED)
         for index in range(CASES):
-            _run_case(index, rng, ws_base, factory.token, report)
+            _run_case(index, rng, bystander.server_base, factory.token, report)
             if (index + 1) % BATCH == 0:
                 if bystander.server.poll() is not None:
                     break
@@ -287,6 +375,12 @@ def test_fuzz_server_never_crashes(fuzz_report: FuzzReport) -> None:
     assert fuzz_report.server_exit is None, fuzz_report.server_log[-3000:]
     assert fuzz_report.health_failures == []
     assert sum(fuzz_report.outcomes.values()) == CASES, fuzz_report.outcomes
+
+
+def test_fuzz_reached_the_relay(fuzz_report: FuzzReport) -> None:
+    """The stream cases really opened streams: public callers got answers."""
+    assert sum(fuzz_report.public.values()) == CASES // 2, fuzz_report.public
+    assert any(key.startswith("status") for key in fuzz_report.public), fuzz_report.public
 
 
 def test_fuzz_other_tunnel_keeps_serving(fuzz_report: FuzzReport) -> None:
