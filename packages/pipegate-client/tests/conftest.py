@@ -80,6 +80,9 @@ class FakeTunnel:
         for message in self.conn.data_to_send():
             if not self.mute:
                 await self.ws.send(message)
+        if self.conn.goaway_received is not None and self.conn.open_streams == 0:
+            # Like the real server: the client is leaving and nothing is open any more.
+            await self.ws.close(1000, "go-away received and no streams left")
 
     async def serve(self) -> None:
         try:

@@ -244,7 +244,6 @@ async def test_client_sends_dot_segments_and_method_case_unchanged(tunnel: Any) 
     assert _json(body)["raw_path"] == "/echo/a/../b/./c?q=%2e%2e"
 
 
-
 async def test_client_keeps_method_case(harness: Any) -> None:
     # aiohttp.web upper-cases what it parses, so look at the raw request line.
     lines: list[bytes] = []

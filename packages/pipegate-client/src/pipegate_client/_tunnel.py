@@ -285,6 +285,8 @@ class TunnelSession:
             self._shutdown_task = asyncio.create_task(self._shutdown(grace_period))
 
     async def _shutdown(self, grace_period: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_period
         self.outcome.stopped = True
         try:
             if self.conn.peer_hello is not None:
@@ -309,6 +311,13 @@ class TunnelSession:
                         self.conn.reset_stream(stream_id, ResetCode.CANCELLED, "client shut down")
                         task.cancel()
                     await self.flush()
+                else:
+                    # Our last bytes are sent, not yet delivered: the server closes the
+                    # tunnel once it relayed them (it got our go-away); give it the rest
+                    # of the grace period (at least a second) before closing ourselves.
+                    wait = max(deadline - loop.time(), 1.0)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(self.websocket.wait_closed()), wait)
         except ConnectionClosed:
             pass
         finally:
