@@ -107,7 +107,7 @@ async def test_client_relays_request_head(driven: DrivenClient, origin: Origin) 
     session = driven.session
     headers = [
         ("host", "public.example"),
-        ("x-pgc", "caf\xe9"),
+        ("x-pgc", "cafe"),
         ("x-pgc", ""),
         ("x-forwarded-host", "public.example"),
     ]
@@ -129,6 +129,23 @@ async def test_client_relays_request_head(driven: DrivenClient, origin: Origin) 
     got = [(n.lower(), v) for n, v in body["headers"]]
     assert ("host", urlsplit(origin.url).netloc) in got
     assert [h for h in got if h[0] in ("x-pgc", "x-forwarded-host")] == headers[1:]
+
+
+@pytest.mark.rule("HD-2", "FR-4")
+async def test_client_keeps_header_bytes(driven: DrivenClient) -> None:
+    """HD-2/FR-4: header values travel as latin-1 characters, one per byte; the local
+    app must receive byte 0xE9 for the character U+00E9, not its UTF-8 encoding."""
+    session = driven.session
+    stream_id = await _open(
+        session,
+        method="GET",
+        path="/echo/bytes",
+        headers=[("x-pgc", "caf\xe9 \x80\xff")],
+        end_stream=True,
+    )
+    await session.next_of(Response)
+    body = json.loads(await session.read_body(stream_id))
+    assert [v for n, v in body["headers"] if n.lower() == "x-pgc"] == ["caf\xe9 \x80\xff"]
 
 
 @pytest.mark.rule("FC-2", "FC-3", "FC-4", "HD-8")

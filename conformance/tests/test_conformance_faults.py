@@ -59,18 +59,22 @@ def test_client_killed_mid_body_aborts_the_response(
     response (never a truncated body that looks complete)."""
     public, client = _own_tunnel(implementations, server, origin.url)
     size = 512 * 1024 * 1024
-    received = 0
-    with (
-        pytest.raises(httpx.TransportError),
-        httpx.Client(timeout=30.0) as http,
-        http.stream("GET", f"{public}/bytes/{size}") as response,
-    ):
-        assert response.status_code == 200
-        for chunk in response.iter_raw(65536):
-            received += len(chunk)
-            if received >= 1024 * 1024 and client.poll() is None:
-                client.kill()
-    assert received < size
+    received: list[int] = [0]
+
+    def download_killing_the_client() -> None:
+        with (
+            httpx.Client(timeout=30.0) as http,
+            http.stream("GET", f"{public}/bytes/{size}") as response,
+        ):
+            assert response.status_code == 200
+            for chunk in response.iter_raw(65536):
+                received[0] += len(chunk)
+                if received[0] >= 1024 * 1024 and client.poll() is None:
+                    client.kill()
+
+    with pytest.raises(httpx.TransportError):
+        download_killing_the_client()
+    assert received[0] < size
 
 
 @pytest.mark.rule("HD-12")

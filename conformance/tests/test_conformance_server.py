@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pipegate_conformance.harness import Tunnel
 from pipegate_conformance.plugin import ServerUnderTest, conformance_settings
 from pipegate_conformance.refpeer import (
@@ -29,9 +31,6 @@ from pipegate_protocol import (
     ProtocolVersion,
     Role,
 )
-
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 def _new_id() -> str:
@@ -68,7 +67,7 @@ def test_health_endpoint_is_reserved(server: ServerUnderTest) -> None:
     assert _get(f"{server.http_base}/_pipegate/health").status_code == 200
 
 
-@pytest.mark.rule("HS-7", "HS-2")
+@pytest.mark.rule("HS-7")
 async def test_missing_token_is_refused_with_401(server: ServerUnderTest) -> None:
     """HS-7: no token -> a real HTTP 401 to the upgrade (not accept-then-close)."""
     with pytest.raises(TunnelRefused) as refused:
@@ -173,7 +172,8 @@ async def test_duplicate_id_is_refused_and_first_keeps_working(server: ServerUnd
                 again = await _connect(server, connection_id)
                 break
             except TunnelRefused as exc:
-                assert exc.status == 409
+                if exc.status != 409:
+                    raise
                 await asyncio.sleep(0.1)
     await again.close()
 
@@ -402,6 +402,7 @@ async def test_server_closes_hostile_tunnel_only(
     assert closed == code, f"{case}: expected close code {code}, got {closed}"
     if caller is not None:
         head_relayed = case in ("data-after-end", "ws-data-on-http", "second-final-response")
+        outcome: int | str
         try:
             outcome = (await caller).status_code
         except httpx.TransportError as exc:

@@ -67,7 +67,7 @@ async def test_fragmented_messages_are_reassembled(tunnel: Tunnel) -> None:
         assert await asyncio.wait_for(ws.recv(), 10) == data
 
 
-@pytest.mark.rule("WS-2", "FC-1", "FC-3")
+@pytest.mark.rule("WS-2")
 @pytest.mark.parametrize("size", [300_000, 3 * 1024 * 1024])
 async def test_large_messages_cross_windows(tunnel: Tunnel, size: int) -> None:
     """WS-2/FC-1: messages larger than max_frame_size and than the initial window are

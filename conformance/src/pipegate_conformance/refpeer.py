@@ -187,8 +187,10 @@ async def connect_reference_client(
         )
     except websockets.InvalidStatus as exc:
         response = exc.response
-        headers = {name.lower(): value for name, value in response.headers.raw_items()}
-        raise TunnelRefused(response.status_code, response.body or b"", headers) from None
+        refusal_headers = {name.lower(): value for name, value in response.headers.raw_items()}
+        raise TunnelRefused(
+            response.status_code, bytes(response.body or b""), refusal_headers
+        ) from None
     conn = Connection(
         Role.CLIENT,
         limits=limits,
@@ -282,7 +284,7 @@ class ReferenceServer:
             status, reason = 400, "no common protocol version"
         if status:
             self.refusals.append(status)
-            return connection.respond(status, reason + "\n")  # type: ignore[arg-type]
+            return connection.respond(status, reason + "\n")
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:

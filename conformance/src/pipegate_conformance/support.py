@@ -191,19 +191,30 @@ def queries(draw: st.DrawFn) -> str:
     return "&".join(parts)
 
 
-_VALUE_CHARS = [chr(c) for c in range(0x21, 0x7F)] + [chr(c) for c in range(0x80, 0x100)]
+_ASCII_CHARS = [chr(c) for c in range(0x21, 0x7F)]
+_OBS_TEXT = [chr(c) for c in range(0x80, 0x100)]
 
 
 @st.composite
-def header_value(draw: st.DrawFn) -> str:
-    """A legal field value (latin-1 string): visible ASCII, obs-text 0x80-0xFF and inner
-    spaces/tabs; no leading or trailing whitespace (parsers strip it, RFC 9110 5.5)."""
-    core = draw(st.text(alphabet=[*_VALUE_CHARS, " ", "\t"], max_size=24))
+def header_value(draw: st.DrawFn, obs_text: bool = True) -> str:
+    """A legal field value (latin-1 string): visible ASCII, with ``obs_text`` also bytes
+    0x80-0xFF, and inner spaces/tabs; no leading or trailing whitespace (parsers strip
+    it, RFC 9110 5.5)."""
+    alphabet = [*_ASCII_CHARS, " ", "\t", *(_OBS_TEXT if obs_text else [])]
+    core = draw(st.text(alphabet=alphabet, max_size=24))
+    if obs_text and not any(ch in _OBS_TEXT for ch in core):
+        core += draw(st.sampled_from(_OBS_TEXT))
     return core.strip(" \t")
 
 
 @st.composite
-def request_headers(draw: st.DrawFn) -> list[tuple[str, str]]:
-    """Extension headers with repeated names in mixed case (multi-valued fields)."""
+def request_headers(draw: st.DrawFn, obs_text: bool = False) -> list[tuple[str, str]]:
+    """Extension headers with repeated names in mixed case (multi-valued fields); with
+    ``obs_text`` every value has at least one byte 0x80-0xFF."""
     names = st.sampled_from(["X-PGC-A", "x-pgc-a", "X-Pgc-B", "x-pgc-c", "Accept", "Cookie"])
-    return draw(st.lists(st.tuples(names, header_value()), max_size=8))
+    size = (1, 8) if obs_text else (0, 8)
+    return draw(
+        st.lists(
+            st.tuples(names, header_value(obs_text=obs_text)), min_size=size[0], max_size=size[1]
+        )
+    )
