@@ -208,3 +208,22 @@ async def test_malformed_frame_closes_only_that_tunnel(server: Any, pg: Any) -> 
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"{server.base}/good/x")).status_code == 200
             assert (await http.get(f"{server.base}/bad/x")).status_code == 404
+
+
+async def test_short_body_for_content_length_aborts_without_traceback(
+    server: Any, pg: Any, caplog: Any
+) -> None:
+    async def liar(client: Any, stream: Any) -> None:
+        await stream.respond(200, [("content-length", "100")], None)
+        await stream.send(b"z" * 50, end_stream=True)
+
+    async with pg.fake_client(server, "node", liar), httpx.AsyncClient() as http:
+        try:
+            response = await http.get(f"{server.base}/node/x")
+        except httpx.HTTPError:
+            pass
+        else:  # pragma: no cover - must not look complete
+            raise AssertionError(f"short body looked complete: {response.status_code}")
+        assert (await http.get(f"{server.base}/_pipegate/health")).status_code == 200
+    assert "Exception in ASGI application" not in caplog.text
+    assert "Traceback" not in caplog.text

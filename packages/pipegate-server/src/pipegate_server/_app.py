@@ -32,7 +32,7 @@ from pipegate_protocol import (
     is_valid_connection_id,
     negotiate_version,
 )
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ._auth import Authenticator, FailureTracker, load_tokens_file
 from ._registry import TunnelRegistry
@@ -41,7 +41,7 @@ from ._settings import ServerSettings
 from ._tunnel import Tunnel
 from .errors import ConfigurationError, ServerError
 
-__all__ = ["Gateway", "create_app"]
+__all__ = ["Gateway", "PipeGateApp", "create_app"]
 
 logger = logging.getLogger("pipegate.server")
 
@@ -237,18 +237,22 @@ class Gateway:
         return f"{scheme}://{host}/{connection_id}"
 
 
-class _GatewayMiddleware:
-    """Raw ASGI in front of FastAPI: routes tunnel and relay traffic off the framework."""
+class PipeGateApp(FastAPI):
+    """FastAPI for the server's own endpoints, with tunnel and relay traffic routed
+    *before* the framework.
 
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
-        self.app = app
-        self.gateway = gateway
-        self.relay = gateway.relay
+    The relay is the hot path: handing it the raw ASGI scope directly skips the
+    middleware stack and per-request framework work, and keeps the raw path, query
+    and header bytes exactly as the caller sent them. Only lifespan events and
+    ``/_pipegate/...`` requests reach FastAPI.
+    """
+
+    gateway: Gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
         raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         slash = raw.find(b"/", 1)
@@ -257,7 +261,7 @@ class _GatewayMiddleware:
         else:
             segment, rest = raw[1:slash], raw[slash:]
         if segment == _RESERVED and (kind == "http" or rest):
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
         connection_id = segment.decode("latin-1")
         if kind == "websocket":
@@ -270,7 +274,9 @@ class _GatewayMiddleware:
                     scope, send, 404, f"no tunnel is connected for id {connection_id!r}"
                 )
                 return
-            await self.relay.websocket(scope, receive, send, connection_id, rest.decode("latin-1"))
+            await self.gateway.relay.websocket(
+                scope, receive, send, connection_id, rest.decode("latin-1")
+            )
             return
         if not is_valid_connection_id(connection_id):
             text = (
@@ -280,10 +286,12 @@ class _GatewayMiddleware:
             )
             await send_plain(send, 404, text)
             return
-        await self.relay.http(scope, receive, send, connection_id, rest.decode("latin-1") or "/")
+        await self.gateway.relay.http(
+            scope, receive, send, connection_id, rest.decode("latin-1") or "/"
+        )
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
+def create_app(settings: ServerSettings) -> PipeGateApp:
     """Build the server application for ``settings``.
 
     Raises :class:`~pipegate_server.errors.ConfigurationError` when the credentials
@@ -299,7 +307,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         for tunnel in gateway.registry.running():
             tunnel.close(CloseCode.GOING_AWAY, "server stopped")
 
-    app = FastAPI(
+    app = PipeGateApp(
         title="PipeGate server",
         version=__version__,
         docs_url=None,
@@ -307,6 +315,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         openapi_url=None,
         lifespan=lifespan,
     )
+    app.gateway = gateway
     app.state.gateway = gateway
 
     @app.get(f"/{RESERVED_PREFIX}/health")
@@ -319,5 +328,4 @@ def create_app(settings: ServerSettings) -> FastAPI:
             "protocol_versions": [v.value for v in KNOWN_VERSIONS],
         }
 
-    app.add_middleware(_GatewayMiddleware, gateway=gateway)
     return app

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pipegate_protocol import (
     HOP_BY_HOP_HEADERS,
@@ -61,6 +61,8 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 #: instead of seeing the connection reset under it.
 _DRAIN_BYTES = 4 * 1024 * 1024
 _DRAIN_SECONDS = 2.0
+#: A request without a body starts watching for its caller leaving only after this.
+_WATCH_DELAY = 0.02
 
 
 async def _drain_body(receive: ASGIReceive) -> None:
@@ -193,8 +195,16 @@ class Relay:
         headers.append(("x-forwarded-prefix", "/" + connection_id))
         return headers, content_length, chunked
 
-    async def _await_head(self, tunnel: Tunnel, channel: StreamChannel) -> Response:
-        """The final response head; 504 after the timeout without upload progress."""
+    async def _await_head(
+        self,
+        tunnel: Tunnel,
+        channel: StreamChannel,
+        on_slow: Callable[[], None] | None = None,
+    ) -> Response:
+        """The final response head; 504 after the timeout without upload progress.
+
+        ``on_slow`` is called once if the head takes longer than a few milliseconds.
+        """
         timeout = self.settings.response_timeout
         loop = asyncio.get_running_loop()
         while True:
@@ -202,8 +212,14 @@ class Relay:
             try:
                 if remaining <= 0:
                     raise TimeoutError
+                if on_slow is not None:
+                    remaining = min(remaining, _WATCH_DELAY)
                 item = await channel.next(remaining)
             except TimeoutError:
+                if on_slow is not None:
+                    on_slow()
+                    on_slow = None
+                    continue
                 if channel.progress_at + timeout > loop.time():
                     continue
                 tunnel.reset(channel, ResetCode.TIMEOUT, f"no response head within {timeout:g} s")
@@ -258,20 +274,37 @@ class Relay:
                 else _error_headers(exc),
             )
             return
-        pump = asyncio.get_running_loop().create_task(
-            self._pump_request(tunnel, channel, receive, has_body)
-        )
+        # The pump forwards the body and then notices the caller disconnecting. A
+        # request without a body gets it only once the exchange is not over at once
+        # (slow head, streamed response): most small requests never need a task.
+        loop = asyncio.get_running_loop()
+        pump: list[asyncio.Task[None]] = []
+
+        def start_pump() -> None:
+            if not pump:
+                pump.append(loop.create_task(self._pump_request(tunnel, channel, receive)))
+
+        if has_body:
+            start_pump()
+        else:
+            channel.request_done = True
         try:
-            await self._respond(scope, send, tunnel, channel)
+            await self._respond(scope, send, tunnel, channel, start_pump)
         finally:
-            pump.cancel()
+            if pump:
+                pump[0].cancel()
             tunnel.finish(channel)
 
     async def _respond(
-        self, scope: Scope, send: ASGISend, tunnel: Tunnel, channel: StreamChannel
+        self,
+        scope: Scope,
+        send: ASGISend,
+        tunnel: Tunnel,
+        channel: StreamChannel,
+        start_pump: Callable[[], None],
     ) -> None:
         try:
-            head = await self._await_head(tunnel, channel)
+            head = await self._await_head(tunnel, channel, start_pump)
         except RelayError as exc:
             if isinstance(exc, CallerGoneError):
                 return
@@ -290,11 +323,31 @@ class Relay:
         ]
         if head.end_stream:
             channel.response_done = True
-        await send({"type": "http.response.start", "status": status, "headers": out_headers})
-        if head.end_stream:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            if head.end_stream:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await self._stream_body(scope, send, tunnel, channel, start_pump)
+        except RuntimeError as exc:
+            # uvicorn refuses a body that contradicts the Content-Length the local app
+            # sent; the caller's connection is closed, which is the honest outcome.
+            tunnel.reset(channel, ResetCode.INTERNAL_ERROR, "invalid response from the local app")
+            self._log_failure(
+                scope, tunnel.connection_id, RelayError(f"invalid response: {exc}"), aborted=True
+            )
+
+    async def _stream_body(
+        self,
+        scope: Scope,
+        send: ASGISend,
+        tunnel: Tunnel,
+        channel: StreamChannel,
+        start_pump: Callable[[], None],
+    ) -> None:
         while True:
+            if not channel.pending:
+                start_pump()
             try:
                 item = await channel.next()
             except RelayError as exc:
@@ -312,14 +365,12 @@ class Relay:
                 tunnel.acknowledge(channel, len(item.data))
 
     async def _pump_request(
-        self, tunnel: Tunnel, channel: StreamChannel, receive: ASGIReceive, has_body: bool
+        self, tunnel: Tunnel, channel: StreamChannel, receive: ASGIReceive
     ) -> None:
         """Forward the request body, then watch for the caller disconnecting."""
         limit = self.settings.max_body_size
         received = 0
         loop = asyncio.get_running_loop()
-        if not has_body:
-            channel.request_done = True
         try:
             while True:
                 message = await receive()

@@ -123,6 +123,11 @@ class StreamChannel:
         self.request_done = False
         self.response_done = False
 
+    @property
+    def pending(self) -> int:
+        """Messages delivered and not yet taken."""
+        return len(self._items)
+
     def deliver(self, item: Message) -> None:
         self._items.append(item)
         waiter = self._waiter
@@ -219,6 +224,7 @@ class Tunnel:
         self._outgoing: deque[str | bytes | _Close] = deque()
         self._buffered = 0
         self._wake_writer = asyncio.Event()
+        self._sending = False
         self._drained = asyncio.Event()
         self._drained.set()
         self._done = asyncio.Event()
@@ -377,31 +383,58 @@ class Tunnel:
                 self.close(CloseCode.NORMAL, "go-away received and no streams left")
 
     async def _write_loop(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            await self._send_queued()
+            if self._done.is_set():
+                return
+
+    async def _send_queued(self) -> None:
+        """Send everything queued, in order, unless another coroutine is already doing so.
+
+        The writer task calls this when woken; relays call it right after queueing
+        (see :meth:`_flush_now`), which saves a task switch per request when the
+        tunnel is idle. An item leaves the queue only once sent, so a cancelled
+        sender loses nothing; whoever sends last wakes the writer for leftovers.
+        """
+        if self._sending:
+            return
+        self._sending = True
         send = self._send
         outgoing = self._outgoing
         try:
-            while True:
-                if not outgoing:
-                    self._wake_writer.clear()
-                    await self._wake_writer.wait()
-                    continue
-                item = outgoing.popleft()
+            while outgoing:
+                item = outgoing[0]
                 if isinstance(item, bytes):
-                    self._buffered -= len(item)
                     await send({"type": "websocket.send", "bytes": item})
-                elif isinstance(item, str):
                     self._buffered -= len(item)
+                elif isinstance(item, str):
                     await send({"type": "websocket.send", "text": item})
+                    self._buffered -= len(item)
                 else:
+                    outgoing.clear()
                     await send(
                         {"type": "websocket.close", "code": item.code, "reason": item.reason}
                     )
                     self._done.set()
                     return
+                outgoing.popleft()
                 if self._buffered <= _LOW_WATER:
                     self._drained.set()
         except OSError:  # uvicorn's ClientDisconnected: the peer is gone
+            outgoing.clear()
             self._lost(1006)
+        finally:
+            self._sending = False
+            if outgoing:
+                self._wake_writer.set()
+
+    async def _flush_now(self) -> None:
+        """Queue the core's output and send it from the calling coroutine if idle."""
+        self._flush()
+        if not self._sending:
+            await self._send_queued()
 
     async def _tick_loop(self) -> None:
         settings = self.settings
@@ -487,7 +520,7 @@ class Tunnel:
         channel = StreamChannel(stream_id, self._loop)
         self._channels[stream_id] = channel
         self._idle.clear()
-        self._flush()
+        await self._flush_now()
         return channel
 
     async def _wait_for_slot(self) -> None:
@@ -576,7 +609,7 @@ class Tunnel:
                 conn.send_data(stream_id, chunk, end_stream=end_stream and last)
             else:
                 conn.send_websocket_data(stream_id, chunk, text=text, fin=last)
-            self._flush()
+            await self._flush_now()
             offset += size
             if last:
                 return

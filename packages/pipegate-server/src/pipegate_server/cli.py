@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default info)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every public request")
+    parser.add_argument(
+        "--http",
+        choices=["auto", "httptools", "h11"],
+        default="auto",
+        help="HTTP parser: auto = httptools when installed (fastest; knows the standard "
+        "and WebDAV methods), h11 accepts any method token (default auto)",
+    )
     parser.add_argument("--version", action="version", version=f"pipegate-server {__version__}")
     return parser
 
@@ -325,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_certfile=args.ssl_certfile,
         log_level=args.log_level,
         access_log=args.access_log,
+        http=args.http,
     )
     server = _Server(config, app.state.gateway)
     server.run()
