@@ -25,7 +25,6 @@ import httpx
 import pytest
 import trustme
 from pipegate_conformance.harness import (
-    ProcessGroup,
     Tunnel,
     free_port,
     origin_command,
@@ -37,17 +36,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from e2e_support import (
     CLIENT_ARGS,
+    LIVE_GROUPS,
     SERVER_ARGS,
     Certificates,
     TunnelFactory,
     new_token,
+    tracked_group,
 )
 
 
 @pytest.fixture(scope="session")
 def origin() -> Iterator[str]:
     """URL of the session's origin app."""
-    with ProcessGroup() as group:
+    with tracked_group() as group:
         port = free_port()
         process = group.start("origin", origin_command(port))
         url = f"http://127.0.0.1:{port}"
@@ -58,7 +59,7 @@ def origin() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tunnel(origin: str) -> Iterator[Tunnel]:
     """The shared tunnel: connection id ``e2e``; do not kill or signal its processes."""
-    with ProcessGroup() as group:
+    with tracked_group() as group:
         yield start_tunnel(
             group,
             token=new_token(),
@@ -72,7 +73,7 @@ def tunnel(origin: str) -> Iterator[Tunnel]:
 @pytest.fixture
 def tunnels(origin: str) -> Iterator[TunnelFactory]:
     """A factory for processes this test may disturb; all stopped at teardown."""
-    with ProcessGroup() as group:
+    with tracked_group() as group:
         yield TunnelFactory(group, origin)
 
 
@@ -94,3 +95,16 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
         extra.write_to_path(str(paths.cert_file), append=True)
     leaf.private_key_pem.write_to_path(str(paths.key_file))
     return paths
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On failure, attach the tail of every live process's output to the report."""
+    report: pytest.TestReport = yield
+    if report.failed:
+        for group in LIVE_GROUPS:
+            for process in group.processes:
+                report.sections.append(
+                    (f"{process.name} pid {process.pid} output (tail)", process.output()[-4000:])
+                )
+    return report  # type: ignore[return-value]

@@ -4,6 +4,7 @@ factory that starts servers, clients and whole tunnels in one process group."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -11,7 +12,7 @@ import secrets
 import shlex
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -37,6 +38,21 @@ SERVER_ARGS: tuple[str, ...] = tuple(shlex.split(os.environ.get("PIPEGATE_E2E_SE
 CLIENT_ARGS: tuple[str, ...] = tuple(shlex.split(os.environ.get("PIPEGATE_E2E_CLIENT_ARGS", "")))
 
 T = TypeVar("T")
+
+#: Process groups alive right now; the conftest shows their logs when a test fails.
+LIVE_GROUPS: list[ProcessGroup] = []
+
+
+@contextlib.contextmanager
+def tracked_group() -> Iterator[ProcessGroup]:
+    """A :class:`ProcessGroup` whose processes' output is attached to failing tests."""
+    with ProcessGroup() as group:
+        LIVE_GROUPS.append(group)
+        try:
+            yield group
+        finally:
+            LIVE_GROUPS.remove(group)
+
 
 #: sha256 of the origin's ``/bytes/<n>`` content, computed once per size.
 expected_sha256 = functools.cache(pattern_sha256)

@@ -23,8 +23,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from e2e_support import TunnelFactory, wait_relaying
-from pipegate_conformance.harness import ProcessGroup
+from e2e_support import TunnelFactory, tracked_group, wait_relaying
 from pipegate_protocol import (
     CAPABILITY_WEBSOCKET,
     Connection,
@@ -341,7 +340,7 @@ def _expect_pong(ws: ClientConnection, rng: random.Random, name: str, report: Fu
 
 @pytest.fixture(scope="module")
 def fuzz_report(origin: str) -> Iterator[FuzzReport]:
-    with ProcessGroup() as group:
+    with tracked_group() as group:
         factory = TunnelFactory(group, origin)
         bystander = factory.tunnel("bystander")
         assert bystander.server is not None
@@ -405,7 +404,7 @@ def test_fuzz_server_logs_no_unhandled_exception(fuzz_report: FuzzReport) -> Non
 def test_fuzz_bad_upgrade_requests_get_4xx(origin: str) -> None:
     """Random connection ids and token headers on the upgrade: never a 5xx, never a leak."""
     rng = random.Random(SEED + 1)
-    with ProcessGroup() as group:
+    with tracked_group() as group:
         factory = TunnelFactory(group, origin)
         _, port = factory.server()
         alphabet = "abcXYZ019_-.~%!$&'()*+,;=:@é"

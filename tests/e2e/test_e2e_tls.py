@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2e_support import Certificates, MiB, TunnelFactory, expected_sha256, sha256_of
-from pipegate_conformance.harness import ProcessGroup, Tunnel
+from e2e_support import Certificates, MiB, TunnelFactory, expected_sha256, sha256_of, tracked_group
+from pipegate_conformance.harness import Tunnel
 from websockets.sync.client import connect
 
 
 @pytest.fixture(scope="module")
 def tls_tunnel(origin: str, certs: Certificates) -> Iterator[Tunnel]:
-    with ProcessGroup() as group:
+    with tracked_group() as group:
         yield TunnelFactory(group, origin).tunnel("secure", certs=certs)
 
 
