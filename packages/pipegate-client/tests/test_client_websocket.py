@@ -67,7 +67,9 @@ async def test_client_websocket_large_messages_are_fragmented(harness: Any) -> N
     async with harness.run(settings) as (_client, _output, _task):
         fake = await harness.server.next_tunnel()
         stream = await _open_websocket(fake)
-        big = bytes(range(256)) * 1024  # 256 KiB: 16 fragments of 16 KiB each way
+        # 2 MiB: the local app echoes it as one frame, which must still be accepted
+        # and split into 16 KiB fragments for the tunnel.
+        big = bytes(range(256)) * 8 * 1024
         await _send_message(fake, stream, big, text=False)
         text, data, fragments = await _read_message(fake, stream)
         assert (text, data) == (False, big)

@@ -42,8 +42,9 @@ _HANDSHAKE_REQUEST_HEADERS = frozenset(
 _HANDSHAKE_RESPONSE_HEADERS = frozenset(
     {"sec-websocket-accept", "sec-websocket-extensions", "content-length"}
 )
-#: Largest frame we accept from the local app; messages may be any size (streamed).
-_MAX_LOCAL_FRAME = 1024 * 1024
+#: Largest single frame we accept from the local app (websockets delivers a frame
+#: whole); messages of many frames may be any size, they are relayed as they arrive.
+_MAX_LOCAL_FRAME = 64 * 1024 * 1024
 
 
 def sendable_close_code(code: int | None) -> int:
@@ -174,9 +175,13 @@ async def _local_to_tunnel(
                 channel.bytes_sent += len(pending)
             await channel.send_websocket(pending or b"", text=text, fin=True)
     except ConnectionClosed as exc:
-        received = exc.rcvd
-        code = sendable_close_code(received.code if received is not None else None)
-        reason = received.reason if received is not None else "local app connection lost"
+        if exc.rcvd is not None:
+            code, reason = sendable_close_code(exc.rcvd.code), exc.rcvd.reason
+        elif exc.sent is not None and exc.sent.code != 1000:
+            # We failed the local connection (e.g. 1009, a frame over our limit).
+            code, reason = sendable_close_code(exc.sent.code), exc.sent.reason
+        else:
+            code, reason = 1011, "local app connection lost"
         outcome.append(f"by local app ({code})")
         await channel.send_websocket_close(code, reason)
 
