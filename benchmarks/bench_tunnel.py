@@ -189,19 +189,18 @@ def main(argv: list[str] | None = None) -> int:
         sampler.start_phase("throughput")
         for url in (direct, tunneled):  # warm-up: connections, caches, JIT-free but lazy imports
             run(run_load("warmup", url, concurrency=8, count=200, max_seconds=10))
-        through = {}
-        for label, url in (("direct", direct), ("tunnel", tunneled)):
+
+        def measure(phase: str, label: str, url: str, concurrency: int, count: int) -> Any:
+            profiling = args.profile is not None and label == "tunnel"
             profilers = (
-                _start_profilers(args.profile, tunnel, max_seconds)
-                if args.profile and label == "tunnel"
-                else []
+                _start_profilers(args.profile, tunnel, max_seconds, phase) if profiling else []
             )
-            through[label] = run(
+            result = run(
                 run_load(
                     label,
                     url,
-                    concurrency=args.concurrency,
-                    count=requests,
+                    concurrency=concurrency,
+                    count=count,
                     max_seconds=max_seconds,
                     check=check,
                 )
@@ -209,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
             for profiler in profilers:
                 profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 profiler.wait(timeout=60)
+            return result
+
+        through = {
+            label: measure("throughput", label, url, args.concurrency, requests)
+            for label, url in (("direct", direct), ("tunnel", tunneled))
+        }
         ratio = through["tunnel"].rps / through["direct"].rps if through["direct"].rps else 0.0
         results["throughput"] = {k: v.summary() for k, v in through.items()}
         results["throughput"]["ratio"] = round(ratio, 3)
@@ -223,16 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         # 2. latency at concurrency 1
         sampler.start_phase("latency")
         latency = {
-            label: run(
-                run_load(
-                    label,
-                    url,
-                    concurrency=1,
-                    count=latency_requests,
-                    max_seconds=max_seconds,
-                    check=check,
-                )
-            )
+            label: measure("latency", label, url, 1, latency_requests)
             for label, url in (("direct", direct), ("tunnel", tunneled))
         }
         results["latency"] = {k: v.summary() for k, v in latency.items()}
@@ -328,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(results["targets"].values()) else 1
 
 
-def _start_profilers(folder: Path, tunnel: Any, seconds: float) -> list[subprocess.Popen[bytes]]:
+def _start_profilers(
+    folder: Path, tunnel: Any, seconds: float, phase: str
+) -> list[subprocess.Popen[bytes]]:
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         print("bench_tunnel: py-spy not on PATH, not profiling", file=sys.stderr)
@@ -337,7 +335,7 @@ def _start_profilers(folder: Path, tunnel: Any, seconds: float) -> list[subproce
     return [
         subprocess.Popen(
             [py_spy, "record", "--pid", str(process.pid), "--duration", str(int(seconds) + 5),
-             "--rate", "200", "--format", fmt, "--output", str(folder / f"{name}.{ext}")],
+             "--rate", "200", "--format", fmt, "--output", str(folder / f"{phase}-{name}.{ext}")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
