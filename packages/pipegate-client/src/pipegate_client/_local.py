@@ -21,7 +21,6 @@ from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import pydantic
 from aiohttp import hdrs
 from multidict import CIMultiDict
 from pipegate_protocol import LocalProtocolError, ResetCode, strip_hop_by_hop
@@ -76,6 +75,8 @@ class LocalApp:
         ]
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        # One context for every call: building one per request costs milliseconds.
+        self._ssl_context = ssl.create_default_context() if parts.scheme == "https" else None
 
     async def __aenter__(self) -> LocalApp:
         connect = self._settings.local_connect_timeout
@@ -133,9 +134,8 @@ class LocalApp:
         return self.websocket_base + wire_str(path) + ("?" + wire_str(query) if query else "")
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        if not self.base_url.startswith("https:"):
-            return None
-        return ssl.create_default_context()
+        """TLS settings for an https:// local URL (system roots), else ``None``."""
+        return self._ssl_context
 
     def unreachable_reason(self, exc: BaseException) -> str:
         """One line for a 502 body: why the local app could not be reached."""
@@ -260,20 +260,30 @@ async def _relay_response(
         )
         return
     try:
-        await channel.send_response(status, headers, end_stream=no_body)
-    except (pydantic.ValidationError, LocalProtocolError) as exc:
+        # The head is only queued: when the body is already here (the usual small
+        # response) head and first bytes leave together, in one write.
+        channel.queue_response(status, headers, end_stream=no_body)
+    except LocalProtocolError as exc:
         first = str(exc).splitlines()[0]
         await send_plain_error(
             channel, 502, f"local app at {app.label} sent an unusable response head: {first}"
         )
         return
     if no_body:
+        await channel.link.flush()
         return
     content = response.content
+    chunk = content.read_nowait(channel.immediate_capacity())
+    if not chunk and not content.at_eof():
+        await channel.link.flush()  # nothing yet (e.g. server-sent events): head now
     while True:
+        if chunk or content.at_eof():
+            end = content.at_eof()
+            await channel.send_body(chunk, end_stream=end)
+            if end:
+                return
         size = await channel.send_capacity()
         chunk = await content.read(size)
-        end = not chunk or content.at_eof()
-        await channel.send_body(chunk, end_stream=end)
-        if end:
+        if not chunk:
+            await channel.send_body(b"", end_stream=True)
             return

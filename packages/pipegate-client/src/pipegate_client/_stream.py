@@ -77,11 +77,22 @@ class StreamChannel:
         self, status: int, headers: Sequence[tuple[str, str]], *, end_stream: bool = False
     ) -> None:
         """Send the response head (101 accepts a WebSocket stream)."""
+        self.queue_response(status, headers, end_stream=end_stream)
+        await self.link.flush()
+
+    def queue_response(
+        self, status: int, headers: Sequence[tuple[str, str]], *, end_stream: bool = False
+    ) -> None:
+        """Queue the response head; it leaves with the next flush."""
         self._check_open()
         self.link.conn.send_response(self.stream_id, status, headers, end_stream=end_stream)
         if status >= 200 or status == 101:
             self.response_started = True
-        await self.link.flush()
+
+    def immediate_capacity(self) -> int:
+        """Bytes one data frame may carry now (0 when the window is exhausted)."""
+        conn = self.link.conn
+        return max(0, min(conn.send_window(self.stream_id), conn.max_data_size))
 
     async def send_capacity(self) -> int:
         """Bytes that one data frame may carry now; waits while the window is 0."""

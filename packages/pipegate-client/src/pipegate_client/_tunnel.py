@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pipegate_protocol import (
@@ -52,6 +53,8 @@ from ._stream import StreamChannel, StreamGone
 from ._websocket import relay_websocket
 
 __all__ = ["SessionOutcome", "TunnelSession"]
+
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 logger = logging.getLogger("pipegate_client")
 
@@ -111,8 +114,15 @@ class TunnelSession:
 
     async def flush(self) -> None:
         async with self._send_lock:
-            for message in self.conn.data_to_send():
-                await self.websocket.send(message)
+            messages = self.conn.data_to_send()
+            if len(messages) == 1:
+                await self.websocket.send(messages[0])
+            elif messages:
+                # Several small messages (a response head and its body): cork the socket
+                # so they leave in one TCP segment and wake the server once, not twice.
+                with _corked(self.websocket):
+                    for message in messages:
+                        await self.websocket.send(message)
 
     def kick(self) -> None:
         self._kicked.set()
@@ -323,3 +333,22 @@ class TunnelSession:
         finally:
             with contextlib.suppress(Exception):
                 await self.websocket.close(int(CloseCode.NORMAL), "client shut down")
+
+
+@contextlib.contextmanager
+def _corked(websocket: ClientConnection) -> Iterator[None]:
+    """Hold back partial TCP segments while several messages are written (Linux)."""
+    sock = websocket.transport.get_extra_info("socket") if _TCP_CORK is not None else None
+    if sock is None or _TCP_CORK is None:
+        yield
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
