@@ -13,7 +13,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from ._client import TunnelClient
 from ._settings import DEFAULT_LOCAL_URL, ClientSettings
@@ -155,6 +156,16 @@ async def _serve(client: TunnelClient) -> None:
             loop.remove_signal_handler(sig)
 
 
+def _run(main_coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when it is installed (markedly faster relaying), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        asyncio.run(main_coroutine)
+        return
+    uvloop.run(main_coroutine)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -167,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         client = TunnelClient(settings)
-        asyncio.run(_serve(client))
+        _run(_serve(client))
     except ClientError as exc:
         print(f"pipegate-client: {exc}", file=sys.stderr)
         return exc.exit_code
