@@ -237,3 +237,18 @@ async def test_client_cli_sigterm_is_graceful(harness: Any, tmp_path: Any) -> No
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_client_drops_tunnel_without_server_hello(harness: Any) -> None:
+    async def mute_first(tunnel: Any) -> None:
+        tunnel.mute = harness.server.attempts == 1  # only the first tunnel stays silent
+        await tunnel.serve()
+
+    harness.server.handler = mute_first
+    async with harness.run(harness.settings(connect_timeout=0.3)) as (client, _output, _task):
+        silent = await asyncio.wait_for(harness.server.tunnels.get(), WAIT)
+        await asyncio.wait_for(silent.closed.wait(), WAIT)
+        assert silent.ws.close_code == CloseCode.HELLO_TIMEOUT
+        await harness.server.next_tunnel()
+        await asyncio.wait_for(client.connected.wait(), WAIT)
+        assert client.sessions_established == 1

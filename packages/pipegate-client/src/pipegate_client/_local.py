@@ -138,8 +138,10 @@ class LocalApp:
         return self._ssl_context
 
     def unreachable_reason(self, exc: BaseException) -> str:
-        """One line for a 502 body: why the local app could not be reached."""
-        return f"local app at {self.label} unreachable: {_describe(exc)}"
+        """One line for a 502 body: why the call to the local app failed."""
+        if isinstance(exc, aiohttp.ClientConnectorError | ConnectionError | TimeoutError):
+            return f"local app at {self.label} unreachable: {_describe(exc)}"
+        return f"local app at {self.label} failed: {_describe(exc)}"
 
 
 def _describe(exc: BaseException) -> str:
@@ -180,7 +182,9 @@ def request_headers(channel: StreamChannel) -> CIMultiDict[str]:
     return headers
 
 
-_LOCAL_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+#: Failures of a local call. ValueError: aiohttp and yarl refuse a URL or header that
+#: the protocol allows (the caller then gets a 502 saying so, not a reset).
+_LOCAL_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
 
 
 async def relay_http(channel: StreamChannel, app: LocalApp, connection_id: str) -> None:

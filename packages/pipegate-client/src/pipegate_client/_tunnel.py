@@ -105,6 +105,7 @@ class TunnelSession:
         self._send_lock = asyncio.Lock()
         self._kicked = asyncio.Event()
         self._idle = asyncio.Event()
+        self._established = asyncio.Event()
         self._idle.set()
         self._last_received = 0.0
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -202,6 +203,7 @@ class TunnelSession:
             self._on_reset(message)
         elif isinstance(message, Hello):
             self.outcome.established = True
+            self._established.set()
             self._on_established(message)
         elif isinstance(message, GoAway):
             logger.info(
@@ -260,6 +262,18 @@ class TunnelSession:
     async def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.settings.ping_interval
+        try:
+            await asyncio.wait_for(self._established.wait(), self.settings.connect_timeout)
+        except TimeoutError:
+            logger.warning(
+                "[%s] the server sent no hello within %.0fs; dropping the tunnel",
+                self.connection_id,
+                self.settings.connect_timeout,
+            )
+            self.outcome.close_code = int(CloseCode.HELLO_TIMEOUT)
+            self.outcome.reason = "hello timeout"
+            await self._abort(int(CloseCode.HELLO_TIMEOUT), "hello timeout")
+            return
         while True:
             await asyncio.sleep(interval)
             if loop.time() - self._last_received < interval:
