@@ -276,3 +276,22 @@ async def test_client_passes_utf8_header_bytes_exactly(tunnel: Any) -> None:
     assert head.status == 200
     sent = [v for n, v in _json(body)["headers"] if n.lower() == "x-name"]
     assert [v.encode("latin-1") for v in sent] == [raw]
+
+
+async def test_client_early_response_drains_rest_of_upload(tunnel: Any) -> None:
+    fake, _client, _output = tunnel
+    payload = b"z" * (2 * 1024 * 1024)
+    stream = await fake.open(
+        "POST", "/status/413", headers=[("Content-Length", str(len(payload)))], end_stream=False
+    )
+    sender = asyncio.create_task(fake.send_body(stream, payload, end_stream=True))
+    head = await fake.response(stream)
+    assert head.status == 413
+    await fake.read_body(stream)
+    await asyncio.wait_for(sender, WAIT)  # the whole upload was accepted (credit returned)
+    assert not any(isinstance(m, Reset) and m.stream_id == stream for m in fake.received)
+    for _ in range(100):
+        if not fake.conn.is_open(stream):
+            break
+        await asyncio.sleep(0.01)
+    assert not fake.conn.is_open(stream)

@@ -147,35 +147,28 @@ class StreamChannel:
 
     async def discard_request_body(self, *, limit: int, seconds: float) -> bool:
         """Read and drop what is left of the request body, up to ``limit`` bytes or
-        ``seconds``. True when the body ended; the caller resets otherwise."""
-        if self.open.end_stream:
+        ``seconds``. True when the body ended; the caller resets the stream otherwise.
+
+        Used after a response that did not need the whole body (a 413 or a 502): the
+        server gets its credit back, so the caller can finish sending and read the
+        answer, instead of seeing its upload reset."""
+        if self.open.end_stream or not self.is_open:
             return True
-        discarded = 0
 
         async def drain() -> bool:
-            nonlocal discarded
+            discarded = 0
             while True:
                 item = await self.inbox.get()
                 if not isinstance(item, Data):
                     return False
-                discarded += len(item.data)
                 if item.end_stream:
                     return True
+                discarded += len(item.data)
                 if discarded > limit:
                     return False
                 self.link.conn.acknowledge(self.stream_id, len(item.data))
                 self.link.kick()
 
-        while not self.inbox.empty():  # fast path: everything may already be here
-            item = self.inbox.get_nowait()
-            if isinstance(item, Data) and item.end_stream:
-                return True
-            if isinstance(item, Data):
-                discarded += len(item.data)
-                self.link.conn.acknowledge(self.stream_id, len(item.data))
-        self.link.kick()
-        if not self.is_open:
-            return True
         try:
             return await asyncio.wait_for(drain(), seconds)
         except TimeoutError:

@@ -87,6 +87,7 @@ async def relay_websocket(channel: StreamChannel, app: LocalApp, connection_id: 
                 proxy=None,
                 ping_interval=None,
                 max_size=(None, _MAX_LOCAL_FRAME),
+                max_queue=4,
                 open_timeout=app.connect_timeout,
                 close_timeout=5,
                 ssl=app.ssl_context(),
