@@ -172,6 +172,7 @@ class FakeClient:
         self.streams: dict[int, ClientStream] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.received: list[Any] = []
+        self.errors: list[Exception] = []
         self.hello = asyncio.Event()
 
     async def flush(self) -> None:
@@ -179,7 +180,13 @@ class FakeClient:
             await self.ws.send(item)
 
     async def run(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
+            await self._run()
+        except Exception as exc:  # the tunnel ended; tests look at errors
+            self.errors.append(exc)
+
+    async def _run(self) -> None:
+        if True:
             async for payload in self.ws:
                 message = self.conn.receive(payload)
                 await self.flush()
@@ -204,8 +211,10 @@ class FakeClient:
                     self.hello.set()
 
     async def _handle(self, stream: ClientStream) -> None:
-        with contextlib.suppress(ConnectionResetError, Exception):
+        try:
             await self.handler(self, stream)
+        except Exception as exc:  # recorded for tests that need to know
+            self.errors.append(exc)
 
 
 @contextlib.asynccontextmanager
