@@ -127,13 +127,23 @@ async def test_max_tunnels_per_token_is_429(pg: Any) -> None:
 
 async def test_repeated_bad_tokens_are_slowed_down(pg: Any) -> None:
     async with pg.start_server(bad_token_budget=1) as server:
-        loop = asyncio.get_running_loop()
         headers = {"Authorization": "Bearer nope"}
-        await _refusal(server.ws_url("node"), headers, [SUBPROTOCOL])
-        started = loop.time()
-        status, _ = await _refusal(server.ws_url("node"), headers, [SUBPROTOCOL])
-        assert status == 403
-        assert server.gateway.failures.record_failure("127.0.0.1") > 0
-        del started
+        for _ in range(2):
+            status, _ = await _refusal(server.ws_url("node"), headers, [SUBPROTOCOL])
+            assert status == 403
+        tracker = server.gateway.failures
+        assert tracker.record_failure("127.0.0.1") > 0  # over budget: refusals now wait
+        assert tracker.record_failure("10.0.0.1") == 0  # other addresses are unaffected
         async with pg.fake_client(server, "good", pg.echo_handler) as good:
             assert good.conn.peer_hello is not None
+
+
+def test_failure_tracker_budget_window_and_cap() -> None:
+    from pipegate_server._auth import FailureTracker
+
+    tracker = FailureTracker(2, window=60.0, max_delay=1.0)
+    delays = [tracker.record_failure("a") for _ in range(10)]
+    assert delays[:2] == [0.0, 0.0]
+    assert delays[2] > 0
+    assert max(delays) == 1.0
+    assert delays == sorted(delays)
