@@ -16,17 +16,25 @@ SUBPROTOCOL = "pipegate.v1"
 
 
 async def _refusal(url: str, headers: dict[str, str], subprotocols: list[str]) -> tuple[int, str]:
+    status, body, _ = await _refusal_full(url, headers, subprotocols)
+    return status, body
+
+
+async def _refusal_full(
+    url: str, headers: dict[str, str], subprotocols: list[str]
+) -> tuple[int, str, Any]:
     with pytest.raises(InvalidStatus) as info:
         async with connect(url, additional_headers=headers, subprotocols=subprotocols):  # type: ignore[arg-type]
             pass
     response = info.value.response
-    return response.status_code, response.body.decode() if response.body else ""
+    return response.status_code, response.body.decode() if response.body else "", response.headers
 
 
 async def test_missing_token_is_401(server: Any, caplog: pytest.LogCaptureFixture) -> None:
-    status, body = await _refusal(server.ws_url("node"), {}, [SUBPROTOCOL])
+    status, body, headers = await _refusal_full(server.ws_url("node"), {}, [SUBPROTOCOL])
     assert status == 401
     assert "token" in body
+    assert headers["www-authenticate"].lower().startswith("bearer")
 
 
 async def test_wrong_token_is_403_and_never_logged(

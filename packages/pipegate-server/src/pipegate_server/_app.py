@@ -148,6 +148,7 @@ class Gateway:
         address = str(client[0]) if client else "-"
 
         async def refuse(status: int, reason: str, delay: float = 0.0) -> None:
+            headers = [(b"www-authenticate", b'Bearer realm="pipegate"')] if status == 401 else []
             logger.info(
                 "tunnel refused: id=%r addr=%s status=%d reason=%s",
                 connection_id,
@@ -157,7 +158,7 @@ class Gateway:
             )
             if delay:
                 await asyncio.sleep(delay)
-            await deny_websocket(scope, send, status, reason)
+            await deny_websocket(scope, send, status, reason, headers)
 
         if not is_valid_connection_id(connection_id):
             await refuse(404, "invalid connection id: use 1-64 characters of A-Z a-z 0-9 _ -")
