@@ -240,9 +240,9 @@ async def test_local_app_down_gives_502(implementations: Implementations) -> Non
     async for driven in _drive(implementations, dead):
         session = driven.session
         stream_id = await _open(session, method="GET", path="/x", end_stream=True)
-        message = await session.next_message(within=20.0)
+        message = await session.next_message(within=30.0)
         while not isinstance(message, Response | Reset):
-            message = await session.next_message(within=20.0)
+            message = await session.next_message(within=30.0)
         if isinstance(message, Response):
             assert message.status == 502
         else:
@@ -377,7 +377,7 @@ async def test_client_closes_on_hostile_frames_and_reconnects(
     code, payloads = HOSTILE[case]
     for payload in payloads:
         await driven.session.send_raw(payload)
-    closed = await driven.session.wait_closed(within=15.0)
+    closed = await driven.session.wait_closed(within=30.0)
     assert closed == code, f"{case}: expected close code {code}, got {closed}"
     again = await driven.ref.next_session(within=30.0)
     assert again.client_hello is not None
@@ -391,7 +391,7 @@ async def test_client_closes_on_oversize_frame(driven: DrivenClient) -> None:
     await driven.session.send_raw(
         b"\x80\x00\x00\x00\x01" + b"x" * (hello.limits.max_frame_size + 1)
     )
-    assert await driven.session.wait_closed(within=15.0) == 1009
+    assert await driven.session.wait_closed(within=30.0) == 1009
     assert (await driven.ref.next_session(within=30.0)).client_hello is not None
 
 
@@ -405,7 +405,7 @@ async def test_client_enforces_its_stream_limit(driven: DrivenClient) -> None:
         pytest.skip(f"client advertises {limit} streams; too many to open in a quick check")
     for stream_id in range(1, limit + 2):
         await driven.session.send_raw(_raw_open(stream_id))
-    assert await driven.session.wait_closed(within=20.0) == 4002
+    assert await driven.session.wait_closed(within=30.0) == 4002
 
 
 @pytest.mark.rule("HS-7")

@@ -49,7 +49,7 @@ async def _connect(
 
 
 def _get(url: str, **kw: Any) -> httpx.Response:
-    return httpx.get(url, timeout=kw.pop("timeout", 20.0), **kw)
+    return httpx.get(url, timeout=kw.pop("timeout", 40.0), **kw)
 
 
 def _bystander_works(tunnel: Tunnel) -> None:
@@ -214,7 +214,7 @@ def _profile() -> str:
 
 async def _call(url: str, method: str = "GET", **kw: Any) -> asyncio.Task[httpx.Response]:
     return asyncio.create_task(
-        asyncio.to_thread(httpx.request, method, url, timeout=kw.pop("timeout", 20.0), **kw)
+        asyncio.to_thread(httpx.request, method, url, timeout=kw.pop("timeout", 40.0), **kw)
     )
 
 
@@ -269,7 +269,7 @@ async def test_server_respects_client_window(server: ServerUnderTest) -> None:
     assert 0 < len(received) <= window
     peer.conn.acknowledge(opened.stream_id, len(received))
     await peer.flush()
-    rest = await peer.read_body(opened.stream_id, within=30.0)
+    rest = await peer.read_body(opened.stream_id, within=60.0)
     assert bytes(received) + rest == body
     peer.conn.send_response(opened.stream_id, 200, end_stream=True)
     await peer.flush()
@@ -398,7 +398,7 @@ async def test_server_closes_hostile_tunnel_only(
         stream_id = (await peer.next_of(Open)).stream_id
     for frame in frames(stream_id):
         await peer.send_raw(frame)
-    closed = await peer.wait_closed(within=15.0)
+    closed = await peer.wait_closed(within=30.0)
     assert closed == code, f"{case}: expected close code {code}, got {closed}"
     if caller is not None:
         head_relayed = case in ("data-after-end", "ws-data-on-http", "second-final-response")
@@ -433,7 +433,7 @@ async def test_server_checks_the_client_hello(
     """HS-4: nothing before the hello; HS-6: role and version of the hello."""
     peer = await _connect(server, send_hello=False)
     await peer.send_raw(first)
-    assert await peer.wait_closed(within=15.0) == code
+    assert await peer.wait_closed(within=30.0) == code
 
 
 @pytest.mark.rule("FR-5", "ER-2")
@@ -443,7 +443,7 @@ async def test_server_closes_on_oversize_frame(server: ServerUnderTest, tunnel: 
     assert peer.server_hello is not None
     size = peer.server_hello.limits.max_frame_size + 1
     await peer.send_raw(b"\x00\x00\x00\x00\x01" + b"x" * size)
-    assert await peer.wait_closed(within=15.0) == 1009
+    assert await peer.wait_closed(within=30.0) == 1009
     await asyncio.to_thread(_bystander_works, tunnel)
 
 
@@ -459,7 +459,7 @@ def test_server_survives_junk(server: ServerUnderTest, tunnel: Tunnel, junk: byt
     async def scenario() -> int | None:
         peer = await _connect(server)
         await peer.send_raw(junk)
-        return await peer.wait_closed(within=15.0)
+        return await peer.wait_closed(within=30.0)
 
     assert asyncio.run(scenario()) == 1002
     _bystander_works(tunnel)

@@ -110,6 +110,8 @@ def conformance_settings(**overrides: Any) -> Callable[[_F], _F]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pipegate-conformance", "PipeGate conformance suite")
+    if any(option.dest == "server_url" for option in group.options):
+        return  # loaded twice (conftest and -p): options exist already
     group.addoption("--server-url", default=None, help="test this running server")
     group.addoption("--client-token", default=None, help="client token of that server")
     group.addoption(
