@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -37,3 +38,19 @@ async def test_root_of_id_is_slash_and_body_echoes(server: Any, pg: Any) -> None
     assert info["method"] == "PROPFIND"
     assert info["path"] == "/"
     assert response.content == b"hello"
+
+
+async def test_any_method_token_is_relayed(server: Any, pg: Any) -> None:
+    async with pg.fake_client(server, "node", pg.echo_handler), httpx.AsyncClient() as http:
+        for method in ("X-0", "BREW", "PROPFIND", "GET", "M-SEARCH"):
+            response = await http.request(method, f"{server.base}/node/m", content=b"b")
+            assert response.status_code == 200, method
+            assert json.loads(response.headers["x-echo"])["method"] == method
+            assert response.content == b"b"
+        # methods are case-sensitive (httpx would upper-case this one)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"get /node/lower HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert raw.startswith(b"HTTP/1.1 200")
+        assert b'\\"method\\": \\"get\\"' in raw or b'"method": "get"' in raw

@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 
 from ._app import Gateway, __version__, create_app
+from ._http import http_protocol_class
 from ._settings import ServerSettings
 from .errors import ConfigurationError
 
@@ -170,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--http",
         choices=["auto", "httptools", "h11"],
         default="auto",
-        help="HTTP parser: auto = httptools when installed (fastest; knows the standard "
-        "and WebDAV methods), h11 accepts any method token (default auto)",
+        help="HTTP parser: auto = httptools (fast) handing requests with methods it does "
+        "not know to h11, so every method token is relayed (default auto)",
     )
     parser.add_argument("--version", action="version", version=f"pipegate-server {__version__}")
     return parser
@@ -227,11 +228,13 @@ def uvicorn_config(
     ssl_certfile: str | None = None,
     log_level: str = "info",
     access_log: bool = False,
+    http: str = "auto",
     **overrides: Any,
 ) -> uvicorn.Config:
     """The uvicorn configuration the server needs.
 
-    uvloop and httptools are used when installed (uvicorn's ``auto``). Per-message
+    uvloop and httptools are used when installed; with ``http="auto"`` a request whose
+    method httptools does not know is handed to h11 (see ``_http``). Per-message
     compression is off (tunnel frames are mostly already-compressed bodies, and it
     costs CPU on every message); uvicorn's own WebSocket pings are off because the
     protocol's heartbeat covers tunnels; ``ws_max_size`` fits the largest frame. The
@@ -253,6 +256,7 @@ def uvicorn_config(
         server_header=False,
         date_header=False,
         lifespan="on",
+        http=http_protocol_class(http),
         **overrides,
     )
 

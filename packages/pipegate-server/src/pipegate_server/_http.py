@@ -1,0 +1,91 @@
+"""uvicorn's fast httptools protocol, with h11 as the fallback for unusual methods.
+
+A tunnel must relay every method token (RFC 9110 allows any), but llhttp, the parser
+inside httptools, knows only a fixed table of methods and answers 400 to the rest.
+h11 accepts any token but costs noticeably more per request. This protocol parses
+with httptools and, when llhttp rejects a request's *method* at the start of a
+request on an otherwise idle connection, hands that connection to uvicorn's h11
+protocol and replays the bytes of the request received so far — exactly what
+uvicorn itself does when it upgrades a connection to WebSocket.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger("pipegate.server")
+
+__all__ = ["http_protocol_class"]
+
+#: Bytes of a request head buffered for a possible hand-over; beyond that, no fallback.
+_MAX_BUFFERED_HEAD = 64 * 1024
+
+
+def http_protocol_class(choice: str) -> Any:
+    """The uvicorn ``http`` setting for ``--http``: ``auto`` is httptools with the h11
+    fallback when httptools is installed, else h11."""
+    if choice != "auto":
+        return choice
+    try:
+        import httptools
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - depends on the installation
+        return "h11"
+
+    class MethodTolerantHttpToolsProtocol(HttpToolsProtocol):
+        """httptools, handing requests with methods llhttp rejects to h11."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._head = bytearray()
+            self._in_head = False
+            self._head_is_whole = False
+
+        def data_received(self, data: bytes) -> None:
+            self._unset_keepalive_if_required()
+            idle = not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+            if idle and not self._in_head:
+                self._head = bytearray(data)
+            elif self._in_head and len(self._head) <= _MAX_BUFFERED_HEAD:
+                self._head += data
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserInvalidMethodError:
+                if idle and self._head_is_whole and len(self._head) <= _MAX_BUFFERED_HEAD:
+                    self._hand_over_to_h11(bytes(self._head))
+                    return
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            except httptools.HttpParserError:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+
+        def on_message_begin(self) -> None:
+            # The buffer holds this request from its first byte only if the request
+            # began a chunk; a pipelined request that began mid-chunk is not replayed.
+            self._head_is_whole = bool(self._head) and not self._in_head
+            self._in_head = True
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._head = bytearray()
+            super().on_headers_complete()
+
+        def _hand_over_to_h11(self, head: bytes) -> None:
+            self.connections.discard(self)
+            protocol = H11Protocol(
+                config=self.config, server_state=self.server_state, app_state=self.app_state
+            )
+            protocol.connection_made(self.transport)
+            self.transport.set_protocol(protocol)
+            protocol.data_received(head)
+
+    return MethodTolerantHttpToolsProtocol
