@@ -279,3 +279,34 @@ def _close_code_within(ws: ClientConnection, seconds: float) -> int | None:
     except TimeoutError:
         pass
     raise AssertionError(f"the tunnel was still open after {seconds} s")
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def test_slow_caller_does_not_make_server_or_client_buffer(tunnels: TunnelFactory) -> None:
+    """A caller that stops reading a 128 MiB download holds the transfer back through
+    flow control: neither process grows by more than a few windows meanwhile."""
+    tunnel = tunnels.tunnel("slowreader")
+    assert tunnel.server is not None
+    assert tunnel.client is not None
+    size = 128 * MiB
+    before = {"server": _rss_mib(tunnel.server.pid), "client": _rss_mib(tunnel.client.pid)}
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream("GET", f"{tunnel.public_url}/bytes/{size}") as response,
+    ):
+        assert response.status_code == 200
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        time.sleep(2)  # the caller reads nothing; the origin could send it all meanwhile
+        during = {"server": _rss_mib(tunnel.server.pid), "client": _rss_mib(tunnel.client.pid)}
+        length, digest = sha256_of(itertools.chain([first], chunks))
+    assert (length, digest) == (size, expected_sha256(size))
+    for name in before:
+        assert during[name] - before[name] < 48, f"{name} grew {before[name]} -> {during[name]} MiB"
