@@ -12,12 +12,14 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+
+T = TypeVar("T")
 
 RESULTS_DIR = Path(__file__).parent / "results"
 MiB = 1024 * 1024
@@ -228,11 +230,15 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
             print("  " + "  ".join("-" * width for width in widths))
 
 
-def event_loop_runner() -> Callable[[Awaitable[Any]], Any]:
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, T]], T]:
     """``asyncio.run`` on uvloop when installed: the load generator shares the CPUs with
     the processes it measures, so it should spend as little as it can."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run  # type: ignore[return-value]
-    return uvloop.run  # type: ignore[no-any-return]
+        return asyncio.run
+
+    def run(main: Coroutine[Any, Any, T]) -> T:
+        return uvloop.run(main)
+
+    return run

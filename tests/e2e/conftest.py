@@ -18,7 +18,7 @@ syntax), e.g. to raise a body limit on another implementation.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import httpx
@@ -98,13 +98,15 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On failure, attach the tail of every live process's output to the report."""
-    report: pytest.TestReport = yield
+    report = yield
     if report.failed:
         for group in LIVE_GROUPS:
             for process in group.processes:
                 report.sections.append(
                     (f"{process.name} pid {process.pid} output (tail)", process.output()[-4000:])
                 )
-    return report  # type: ignore[return-value]
+    return report

@@ -422,10 +422,13 @@ def test_fuzz_bad_upgrade_requests_get_4xx(origin: str) -> None:
             )
             protocols = rng.choice([[], ["pipegate.v1"], ["x", "y"], ["pipegate.v0"]])
             url = f"ws://127.0.0.1:{port}/{quote(conn_id, safe=_PATH_SAFE)}"
-            body = b""
+            body: bytes | bytearray = b""
             try:
                 with connect(
-                    url, additional_headers=headers, subprotocols=protocols, open_timeout=10
+                    url,
+                    additional_headers=headers,
+                    subprotocols=protocols,  # type: ignore[arg-type]
+                    open_timeout=10,
                 ) as ws:
                     ws.close()
                     status = 101
