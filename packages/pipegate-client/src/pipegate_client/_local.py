@@ -16,12 +16,13 @@ import os
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-from aiohttp import hdrs
+from aiohttp import hdrs, http_writer
 from multidict import CIMultiDict
 from pipegate_protocol import LocalProtocolError, ResetCode, strip_hop_by_hop
 from yarl import URL
@@ -50,9 +51,9 @@ class _Method(str):
 
 
 def wire_str(value: str) -> str:
-    """Turn a protocol string (one char per byte) into what aiohttp encodes as the same
-    bytes. aiohttp encodes request heads as UTF-8, so bytes that form valid UTF-8 (the
-    usual non-ASCII case) survive exactly; other high bytes cannot pass through it."""
+    """Turn a protocol string (one char per byte) into a str that a UTF-8 encoder turns
+    back into the same bytes, when those bytes are valid UTF-8 (the usual non-ASCII
+    case). For libraries that encode heads as UTF-8 with no way around it."""
     if value.isascii():
         return value
     raw = value.encode("latin-1")
@@ -60,6 +61,40 @@ def wire_str(value: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return value
+
+
+#: Set (per task) while a relay writes a request head: heads are then encoded one
+#: byte per character, so every byte the caller sent reaches the local app (HD-2).
+_exact_head_bytes: ContextVar[bool] = ContextVar("pipegate_exact_head_bytes", default=False)
+
+
+def _install_exact_head_encoding() -> bool:
+    """Make aiohttp encode request heads as latin-1 inside our relays (not UTF-8).
+
+    aiohttp offers no option for this, so its module-level serializer is wrapped; the
+    wrapper changes nothing outside a relay task, and aiohttp's own checks (no CR, LF
+    or NUL) still run. Returns False when this aiohttp has no such hook; relays then
+    fall back to :func:`wire_str` (exact for UTF-8 bytes only).
+    """
+    original: Callable[[str, CIMultiDict[str]], bytes] | None = getattr(
+        http_writer, "_serialize_headers", None
+    )
+    check: Callable[[str], str] | None = getattr(http_writer, "_safe_header", None)
+    if original is None or check is None:
+        return False
+    if getattr(original, "_pipegate_exact", False):
+        return True
+
+    def serialize(status_line: str, headers: CIMultiDict[str]) -> bytes:
+        if not _exact_head_bytes.get():
+            return original(status_line, headers)
+        lines = [check(status_line)]
+        lines.extend(check(name) + ": " + check(value) for name, value in headers.items())
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    serialize._pipegate_exact = True  # type: ignore[attr-defined]
+    http_writer._serialize_headers = serialize
+    return True
 
 
 class LocalApp:
@@ -75,6 +110,8 @@ class LocalApp:
         ]
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        #: True when request heads reach the local app byte for byte (see above).
+        self.exact_heads = _install_exact_head_encoding()
         # One context for every call: building one per request costs milliseconds.
         self._ssl_context = ssl.create_default_context() if parts.scheme == "https" else None
 
@@ -125,10 +162,14 @@ class LocalApp:
             raise RuntimeError("LocalApp is not open; use 'async with'")
         return self._session
 
+    def head_str(self, value: str) -> str:
+        """A protocol string as this app's HTTP client must be given it."""
+        return value if self.exact_heads else wire_str(value)
+
     def http_url(self, path: str, query: str) -> URL:
         """``<local_url><path>?<query>`` with the caller's bytes, not re-encoded."""
-        target = self.base_url + wire_str(path) + ("?" + wire_str(query) if query else "")
-        return URL(target, encoded=True)
+        target = self.base_url + path + ("?" + query if query else "")
+        return URL(self.head_str(target), encoded=True)
 
     def websocket_url(self, path: str, query: str) -> str:
         return self.websocket_base + wire_str(path) + ("?" + wire_str(query) if query else "")
@@ -169,7 +210,7 @@ def _describe(exc: BaseException) -> str:
     return text[:200]
 
 
-def request_headers(channel: StreamChannel) -> CIMultiDict[str]:
+def request_headers(channel: StreamChannel, app: LocalApp) -> CIMultiDict[str]:
     """Headers for the local app: the caller's, minus hop-by-hop, ``Host`` (aiohttp
     sets it to the local URL's authority; the original is in X-Forwarded-Host) and
     ``Expect`` (the body is already on its way; waiting for a 100 from the local app
@@ -178,7 +219,7 @@ def request_headers(channel: StreamChannel) -> CIMultiDict[str]:
     for name, value in strip_hop_by_hop(channel.open.headers):
         if name.lower() in ("host", "expect"):
             continue
-        headers.add(name, wire_str(value))
+        headers.add(name, app.head_str(value))
     return headers
 
 
@@ -198,11 +239,12 @@ async def relay_http(channel: StreamChannel, app: LocalApp, connection_id: str) 
     started = time.monotonic()
     status: int | str = "-"
     body: AsyncIterator[bytes] | None = None if message.end_stream else channel.request_body()
+    _exact_head_bytes.set(True)  # this task's context only: one task per stream
     try:
         async with app.session.request(
             _Method(message.method),
             app.http_url(message.path, message.query),
-            headers=request_headers(channel),
+            headers=request_headers(channel, app),
             data=body,
             allow_redirects=False,
             ssl=app.ssl_context() or True,
