@@ -44,7 +44,7 @@ async def _ws_app(client: Any, stream: Any) -> None:
 
 
 async def test_websocket_echo_text_binary_and_close(server: Any, pg: Any) -> None:
-    big = os.urandom(600 * 1024)
+    big = os.urandom(3 * 1024 * 1024 + 5)  # larger than a frame and than the window
     async with pg.fake_client(server, "node", _ws_app) as client:
         client.closes = []
         async with connect(
@@ -56,7 +56,10 @@ async def test_websocket_echo_text_binary_and_close(server: Any, pg: Any) -> Non
             await ws.send("hello")
             assert await ws.recv() == "hello"
             await ws.send(big)
-            assert await ws.recv() == big
+            assert await asyncio.wait_for(ws.recv(), 20) == big
+            text = "x\u00e9" * (len(big) // 3)
+            await ws.send(text)
+            assert await asyncio.wait_for(ws.recv(), 20) == text
         for _ in range(100):
             if client.closes:
                 break
