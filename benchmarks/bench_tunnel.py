@@ -40,6 +40,7 @@ from _common import (
     GiB,
     MiB,
     RssSampler,
+    cpu_seconds,
     event_loop_runner,
     hwm_mib,
     machine_info,
@@ -132,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-arg", action="append", default=[], help="extra server flag")
     parser.add_argument("--client-arg", action="append", default=[], help="extra client flag")
     parser.add_argument(
+        "--server-template",
+        help="command template of another server ({port} {token}), e.g. to compare builds",
+    )
+    parser.add_argument(
+        "--client-template",
+        help="command template of another client ({local_url} {server_url} {token})",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="record py-spy flame graphs of server and client during the throughput run "
@@ -154,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             "big_bytes": big,
             "server_args": args.server_arg,
             "client_args": args.client_arg,
+            "server_template": args.server_template,
+            "client_template": args.client_template,
             "small_path": SMALL_PATH,
         },
     }
@@ -170,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                 connection_id="bench",
                 server_args=args.server_arg,
                 client_args=args.client_arg,
+                server_template=args.server_template,
+                client_template=args.client_template,
             )
         except HarnessError as exc:
             print(f"bench_tunnel: could not start the tunnel: {exc}", file=sys.stderr)
@@ -190,11 +203,18 @@ def main(argv: list[str] | None = None) -> int:
         for url in (direct, tunneled):  # warm-up: connections, caches, JIT-free but lazy imports
             run(run_load("warmup", url, concurrency=8, count=200, max_seconds=10))
 
+        pids = {"server": tunnel.server.pid, "client": tunnel.client.pid}
+        if tunnel.origin is not None:
+            pids["origin"] = tunnel.origin.pid
+        cpu_us: dict[str, dict[str, float]] = {}
+        results["cpu_us_per_request"] = cpu_us
+
         def measure(phase: str, label: str, url: str, concurrency: int, count: int) -> Any:
             profiling = args.profile is not None and label == "tunnel"
             profilers = (
                 _start_profilers(args.profile, tunnel, max_seconds, phase) if profiling else []
             )
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             result = run(
                 run_load(
                     label,
@@ -205,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                     check=check,
                 )
             )
+            cpu_us[f"{phase}/{label}"] = {
+                name: round(1e6 * (after - start) / max(1, result.sent), 1)
+                for name, pid in pids.items()
+                if (start := before[name]) is not None and (after := cpu_seconds(pid)) is not None
+            }
             for profiler in profilers:
                 profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 profiler.wait(timeout=60)
@@ -319,6 +344,14 @@ def main(argv: list[str] | None = None) -> int:
             ["VmHWM", "", "", "", _mib(hwm["server"]), _mib(hwm["client"]), ""],
         ],
     )  # fmt: skip
+    print_table(
+        "CPU time per request (microseconds, from /proc/<pid>/stat)",
+        ["run", "server", "client", "origin"],
+        [
+            [run_name, *(str(usage.get(name, "-")) for name in ("server", "client", "origin"))]
+            for run_name, usage in results["cpu_us_per_request"].items()
+        ],
+    )
     path = write_results("bench_tunnel", results)
     print(f"\nresults: {path}")
     return 0 if all(results["targets"].values()) else 1

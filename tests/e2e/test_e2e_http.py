@@ -59,6 +59,14 @@ def test_two_set_cookie_headers_stay_two(tunnel: Tunnel, http: httpx.Client) -> 
     assert set(response.cookies.keys()) == {"a", "b"}
 
 
+def test_cookies_are_not_remembered_for_other_callers(tunnel: Tunnel) -> None:
+    """The client must not keep a cookie jar: cookies the local app set for one caller
+    never reach the local app on another caller's request."""
+    assert httpx.get(f"{tunnel.public_url}/cookies", timeout=10).status_code == 200
+    response = httpx.get(f"{tunnel.public_url}/echo/cookieless", timeout=10)
+    assert _headers(response.json(), "cookie") == []
+
+
 def test_duplicate_request_headers_stay_separate_and_ordered(
     tunnel: Tunnel, http: httpx.Client
 ) -> None:
