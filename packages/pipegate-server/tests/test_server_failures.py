@@ -227,3 +227,16 @@ async def test_short_body_for_content_length_aborts_without_traceback(
         assert (await http.get(f"{server.base}/_pipegate/health")).status_code == 200
     assert "Exception in ASGI application" not in caplog.text
     assert "Traceback" not in caplog.text
+
+
+async def test_silent_and_slow_heads_are_disconnected(pg: Any) -> None:
+    async with pg.start_server(head_timeout=0.3) as server:
+        silent = await asyncio.open_connection("127.0.0.1", server.port)
+        partial = await asyncio.open_connection("127.0.0.1", server.port)
+        partial[1].write(b"GET /x/y HTTP/1.1\r\nHost: a\r\n")
+        for reader, writer in (silent, partial):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        async with httpx.AsyncClient() as http:
+            health = await http.get(f"{server.base}/_pipegate/health")
+        assert health.status_code == 200

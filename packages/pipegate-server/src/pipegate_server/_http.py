@@ -1,4 +1,5 @@
-"""uvicorn's fast httptools protocol, with h11 as the fallback for unusual methods.
+"""uvicorn's fast httptools protocol, with h11 as the fallback for unusual methods,
+and a deadline for request heads.
 
 A tunnel must relay every method token (RFC 9110 allows any), but llhttp, the parser
 inside httptools, knows only a fixed table of methods and answers 400 to the rest.
@@ -7,10 +8,16 @@ with httptools and, when llhttp rejects a request's *method* at the start of a
 request on an otherwise idle connection, hands that connection to uvicorn's h11
 protocol and replays the bytes of the request received so far — exactly what
 uvicorn itself does when it upgrades a connection to WebSocket.
+
+uvicorn closes idle keep-alive connections, but not a new connection that sends
+nothing or a request head that never completes (slowloris). This protocol closes a
+connection whose request head is not complete ``head_timeout`` seconds after the
+connection opened or the head began.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -22,9 +29,9 @@ __all__ = ["http_protocol_class"]
 _MAX_BUFFERED_HEAD = 64 * 1024
 
 
-def http_protocol_class(choice: str) -> Any:
+def http_protocol_class(choice: str, head_timeout: float = 10.0) -> Any:
     """The uvicorn ``http`` setting for ``--http``: ``auto`` is httptools with the h11
-    fallback when httptools is installed, else h11."""
+    fallback and the head deadline when httptools is installed, else h11."""
     if choice != "auto":
         return choice
     try:
@@ -42,6 +49,33 @@ def http_protocol_class(choice: str) -> Any:
             self._head = bytearray()
             self._in_head = False
             self._head_is_whole = False
+            self._head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._start_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _start_head_timer(self) -> None:
+            if self._head_timer is None:
+                loop = asyncio.get_running_loop()
+                self._head_timer = loop.call_later(head_timeout, self._head_timed_out)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                logger.info(
+                    "closing a connection without a complete request head after %g s", head_timeout
+                )
+                self.transport.close()
 
         def data_received(self, data: bytes) -> None:
             self._unset_keepalive_if_required()
@@ -68,6 +102,7 @@ def http_protocol_class(choice: str) -> Any:
                     self._unsupported_upgrade_warning()
 
         def on_message_begin(self) -> None:
+            self._start_head_timer()
             # The buffer holds this request from its first byte only if the request
             # began a chunk; a pipelined request that began mid-chunk is not replayed.
             self._head_is_whole = bool(self._head) and not self._in_head
@@ -75,11 +110,13 @@ def http_protocol_class(choice: str) -> Any:
             super().on_message_begin()
 
         def on_headers_complete(self) -> None:
+            self._cancel_head_timer()
             self._in_head = False
             self._head = bytearray()
             super().on_headers_complete()
 
         def _hand_over_to_h11(self, head: bytes) -> None:
+            self._cancel_head_timer()
             self.connections.discard(self)
             protocol = H11Protocol(
                 config=self.config, server_state=self.server_state, app_state=self.app_state

@@ -61,6 +61,8 @@ class ServerSettings:
     heartbeat_timeout: float = 20.0
     #: Seconds a client has to send its hello after the WebSocket was accepted.
     hello_timeout: float = 10.0
+    #: Seconds a caller has to complete a request head (silent or slowloris callers).
+    head_timeout: float = 10.0
     #: Seconds in-flight streams get to finish after SIGTERM before the server exits.
     shutdown_grace: float = 20.0
     #: Failed token attempts per address per minute before refusals are slowed down.
@@ -80,6 +82,7 @@ class ServerSettings:
             "heartbeat_interval": self.heartbeat_interval,
             "heartbeat_timeout": self.heartbeat_timeout,
             "hello_timeout": self.hello_timeout,
+            "head_timeout": self.head_timeout,
             "initial_window": self.initial_window,
             "max_websocket_message_size": self.max_websocket_message_size,
         }

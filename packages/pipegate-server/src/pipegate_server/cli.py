@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"close a tunnel silent this long and free its id (default {d.heartbeat_timeout:g})",
     )
     live.add_argument(
+        "--head-timeout",
+        type=float,
+        default=d.head_timeout,
+        help="close a caller connection whose request head is not complete after this "
+        f"many seconds (default {d.head_timeout:g})",
+    )
+    live.add_argument(
         "--shutdown-grace",
         type=float,
         default=d.shutdown_grace,
@@ -215,6 +222,7 @@ def settings_from_args(
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         shutdown_grace=args.shutdown_grace,
+        head_timeout=args.head_timeout,
     )
 
 
@@ -256,7 +264,7 @@ def uvicorn_config(
         server_header=False,
         date_header=False,
         lifespan="on",
-        http=http_protocol_class(http),
+        http=http_protocol_class(http, settings.head_timeout),
         **overrides,
     )
 
