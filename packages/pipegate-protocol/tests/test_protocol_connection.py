@@ -836,6 +836,20 @@ def test_FC_4_exhausted_window_is_refilled_at_once() -> None:
     assert update == WindowUpdate(stream_id=stream_id, increment=1)
 
 
+def test_FC_4_held_back_credit_is_returned_when_the_window_runs_out() -> None:
+    server, client = pair(client_limits=Limits(initial_window=100))
+    stream_id = open_http(server, client)
+    server.send_data(stream_id, b"x" * 60)
+    transfer(server, client)
+    client.acknowledge(stream_id, 10)  # held back: 10 < 50
+    assert client.data_to_send() == []
+    server.send_data(stream_id, b"y" * 40)  # the window is now exhausted
+    transfer(server, client)
+    (update,) = transfer(client, server)  # without another acknowledge() call
+    assert update == WindowUpdate(stream_id=stream_id, increment=10)
+    assert server.send_window(stream_id) == 10
+
+
 def test_FC_4_credit_only_for_consumed_bytes() -> None:
     server, client = pair(client_limits=Limits(initial_window=100))
     stream_id = open_http(server, client)
@@ -965,6 +979,18 @@ def test_WS_2_FC_4_websocket_windows_are_refilled(open_end_stream: bool) -> None
         client.acknowledge(stream_id, len(received.data))
         transfer(client, server)
         assert server.send_window(stream_id) == 100
+
+
+def test_WS_3_websocket_open_always_ends_the_request_direction() -> None:
+    server, client = pair()
+    stream_id = server.open_stream(
+        method="GET", path="/ws", kind=StreamKind.WEBSOCKET, end_stream=False
+    )
+    (opened,) = transfer(server, client)
+    assert isinstance(opened, Open)
+    assert opened.end_stream is True
+    with pytest.raises(LocalProtocolError):
+        server.send_data(stream_id, b"no request body on a websocket stream")
 
 
 def test_WS_3_refusal_is_an_http_response_with_a_body() -> None:

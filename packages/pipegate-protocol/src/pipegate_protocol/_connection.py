@@ -396,6 +396,10 @@ class Connection:
                 f"{size} bytes on stream {stream_id} exceed its window of {stream.recv_window}"
             )
         stream.recv_window -= size
+        if stream.recv_window == 0 and stream.credit:
+            # The peer cannot send any more: return held-back credit now (FC-4), or a
+            # receiver that waits for more data before consuming the rest would deadlock.
+            self._return_credit(stream_id, stream)
 
     def _on_window_update(self, message: WindowUpdate) -> WindowUpdate | None:
         stream = self._stream_for(message.stream_id, "window update")
@@ -433,15 +437,21 @@ class Connection:
         """Server: open a stream carrying a request head; returns its id (ST-1, ST-2).
 
         Raises :class:`LocalProtocolError` when :attr:`can_open_stream` is false, when
-        the client lacks the websocket capability for a websocket stream, or when the
-        encoded head exceeds the client's max_frame_size.
+        the client lacks the websocket capability for a websocket stream, when a field
+        is invalid, or when the encoded head exceeds the client's max_frame_size.
+
+        A websocket stream never carries a request body, so its open always has
+        ``end_stream`` set (WS-3): body data sent before the client's 101 could reach
+        the client after it and break the stream.
         """
         if self.role is not Role.SERVER:
             raise LocalProtocolError("only the server opens streams")
         if not self.can_open_stream:
             raise LocalProtocolError("cannot open a stream now (no hello, go-away or at limit)")
-        if kind is StreamKind.WEBSOCKET and not self.peer_supports_websocket:
-            raise LocalProtocolError("the client does not support websocket streams")
+        if kind is StreamKind.WEBSOCKET:
+            if not self.peer_supports_websocket:
+                raise LocalProtocolError("the client does not support websocket streams")
+            end_stream = True
         stream_id = self._last_stream_id + 1
         message = _build(
             Open,
@@ -561,8 +571,10 @@ class Connection:
         """Tell the connection that the application consumed ``size`` received bytes.
 
         Credit is returned to the peer in batches, once at least half of the initial
-        window has been consumed (FC-4). A no-op for a gone stream and for an HTTP
-        stream whose peer has ended its direction. Acknowledging more bytes than were
+        window has been consumed, or at once when the peer's window is exhausted (FC-4;
+        :meth:`receive` also returns held-back credit when a frame exhausts the window).
+        A no-op for a gone stream and for an HTTP stream whose peer has ended its
+        direction. Acknowledging more bytes than were
         received and not yet acknowledged raises :class:`LocalProtocolError`.
         """
         stream = self._streams.get(stream_id)
@@ -576,9 +588,7 @@ class Connection:
             )
         stream.credit += size
         if stream.credit >= self.local_limits.initial_window // 2 or stream.recv_window == 0:
-            increment, stream.credit = stream.credit, 0
-            stream.recv_window += increment
-            self._queue(WindowUpdate(stream_id=stream_id, increment=increment))
+            self._return_credit(stream_id, stream)
 
     def send_ping(self, ping_id: int) -> None:
         """Queue a ping; the peer answers with a pong carrying the same id (LV-1)."""
@@ -613,6 +623,11 @@ class Connection:
                 f"{size} bytes exceed the send window {stream.send_window} of stream {stream_id}"
             )
         stream.send_window -= size
+
+    def _return_credit(self, stream_id: int, stream: _Stream) -> None:
+        increment, stream.credit = stream.credit, 0
+        stream.recv_window += increment
+        self._queue(WindowUpdate(stream_id=stream_id, increment=increment))
 
     def _maybe_forget(self, stream_id: int, stream: _Stream) -> None:
         if (
