@@ -40,7 +40,7 @@ async def test_missing_token_is_401(server: Any, caplog: pytest.LogCaptureFixtur
 async def test_wrong_token_is_403_and_never_logged(
     server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="pipegate.server")
+    caplog.set_level(logging.INFO)
     secret = "wrong-secret-value-xyz"
     status, body = await _refusal(
         server.ws_url("node"), {"Authorization": f"Bearer {secret}"}, [SUBPROTOCOL]
@@ -49,6 +49,7 @@ async def test_wrong_token_is_403_and_never_logged(
     assert body.strip() == "invalid client token"
     assert "tunnel refused" in caplog.text
     assert secret not in caplog.text
+    assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
 
 
 async def test_no_common_version_is_400(server: Any, pg: Any) -> None:

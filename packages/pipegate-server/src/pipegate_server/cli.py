@@ -248,7 +248,7 @@ def uvicorn_config(
     protocol's heartbeat covers tunnels; ``ws_max_size`` fits the largest frame. The
     Server and Date headers are off so relayed responses carry only the local app's.
     """
-    _install_denial_filter()
+    _install_denial_filter(access_log)
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
@@ -270,22 +270,39 @@ def uvicorn_config(
 
 
 class _DenialLogFilter(logging.Filter):
-    """Drops uvicorn's false error after a WebSocket denial response.
+    """Keeps uvicorn's WebSocket logging to what the server's own lines do not say.
 
     uvicorn's websockets-sansio protocol does not mark the handshake complete after an
     ASGI ``websocket.http.response`` denial and then logs "ASGI callable returned
-    without completing handshake." for every refused upgrade (401/403/404/409...).
-    The server always accepts or denies, so the line is never a real error here.
+    without completing handshake." for every refused upgrade (401/403/404/409...);
+    the server always accepts or denies, so that line is never a real error here.
+    Without ``--access-log`` the per-connection WebSocket lines ("connection open",
+    '"WebSocket /id" 403', ...) are dropped too: the server logs one line per tunnel
+    event itself.
     """
 
+    def __init__(self, access_log: bool) -> None:
+        super().__init__()
+        self.access_log = access_log
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "ASGI callable returned without completing handshake."
+        message = record.getMessage()
+        if message == "ASGI callable returned without completing handshake.":
+            return False
+        if self.access_log:
+            return True
+        return not (
+            message in ("connection open", "connection closed")
+            or message.startswith("connection rejected")
+            or '"WebSocket /' in message
+        )
 
 
-def _install_denial_filter() -> None:
+def _install_denial_filter(access_log: bool) -> None:
     uvicorn_logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _DenialLogFilter) for f in uvicorn_logger.filters):
-        uvicorn_logger.addFilter(_DenialLogFilter())
+    for old in [f for f in uvicorn_logger.filters if isinstance(f, _DenialLogFilter)]:
+        uvicorn_logger.removeFilter(old)
+    uvicorn_logger.addFilter(_DenialLogFilter(access_log))
 
 
 class _Server(uvicorn.Server):
