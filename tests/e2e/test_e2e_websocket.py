@@ -8,7 +8,7 @@ import os
 import pytest
 from pipegate_conformance.harness import Tunnel
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
 
 def _ws_url(tunnel: Tunnel, path: str) -> str:
@@ -62,27 +62,15 @@ def test_close_asked_by_caller_message(tunnel: Tunnel) -> None:
     assert closed.value.rcvd.code == 4400
 
 
-def test_websocket_refused_by_local_app_is_not_101(tunnel: Tunnel) -> None:
-    """The origin refuses WebSockets outside /ws/echo; the caller must not get a socket
-    that silently does nothing."""
-    status = 101
-    try:
-        with connect(_ws_url(tunnel, "/ws/nothing-here"), open_timeout=10) as ws:
-            closed_code = _closed_code(ws)
-    except InvalidStatus as refused:
-        status = refused.response.status_code
-    if status == 101:
-        assert closed_code != 1000
-    else:
-        assert status >= 400
-
-
-def _closed_code(ws: ClientConnection) -> int | None:
-    try:
-        ws.recv(timeout=10)
-    except ConnectionClosed as closed:
-        return closed.rcvd.code if closed.rcvd else None
-    raise AssertionError("the socket stayed open and answered")
+def test_websocket_refused_by_local_app_reaches_caller_as_its_status(tunnel: Tunnel) -> None:
+    """The origin refuses WebSockets outside /ws/echo (uvicorn answers 403): the caller
+    gets that refusal as an HTTP status, not an accepted socket that does nothing."""
+    origin_ws = tunnel.origin_url.replace("http://", "ws://", 1)
+    with pytest.raises(InvalidStatus) as direct:
+        connect(f"{origin_ws}/ws/nothing-here", open_timeout=10)
+    with pytest.raises(InvalidStatus) as relayed:
+        connect(_ws_url(tunnel, "/ws/nothing-here"), open_timeout=10)
+    assert relayed.value.response.status_code == direct.value.response.status_code == 403
 
 
 def test_websocket_to_unknown_id_is_404(tunnel: Tunnel) -> None:
