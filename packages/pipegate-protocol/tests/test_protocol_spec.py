@@ -134,4 +134,6 @@ def test_worked_example_websocket_frames() -> None:
     assert decode(bytes.fromhex("02 00 00 00 03 68 69")) == WebSocketData(
         3, b"hi", text=False, fin=False
     )
-    assert encode(Data(1, b"hello", end_stream=True)).hex(" ") == "80 00 00 00 01 68 65 6c 6c 6f"
+    frame = encode(Data(1, b"hello", end_stream=True))
+    assert isinstance(frame, bytes)
+    assert frame.hex(" ") == "80 00 00 00 01 68 65 6c 6c 6f"
