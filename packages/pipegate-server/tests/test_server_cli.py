@@ -99,10 +99,16 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
         else:
             raise AssertionError("server did not come up")
         assert health.json()["status"] == "ok"
+        token_file.write_text("rotated-secret-token")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert process.poll() is None
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=15)[0].decode()
         assert process.returncode == 0
         assert "cli-secret-token" not in output
+        assert "rotated-secret-token" not in output
+        assert "credentials reloaded" in output
         assert "shutting down" in output
     finally:
         if process.poll() is None:

@@ -240,3 +240,16 @@ async def test_silent_and_slow_heads_are_disconnected(pg: Any) -> None:
         async with httpx.AsyncClient() as http:
             health = await http.get(f"{server.base}/_pipegate/health")
         assert health.status_code == 200
+
+
+async def test_oversized_headers_are_431(pg: Any) -> None:
+    async with (
+        pg.start_server(max_header_size=4096) as server,
+        pg.fake_client(server, "node", pg.echo_handler) as client,
+        httpx.AsyncClient() as http,
+    ):
+        response = await http.get(f"{server.base}/node/x", headers={"x-big": "v" * 5000})
+        ok = await http.get(f"{server.base}/node/x", headers={"x-small": "v" * 100})
+    assert response.status_code == 431
+    assert ok.status_code == 200
+    assert len([m for m in client.received if getattr(m, "type", "") == "open"]) == 1
