@@ -24,6 +24,7 @@ from pipegate_protocol import (
     GoAwayReason,
     Hello,
     Limits,
+    LocalProtocolError,
     Message,
     Open,
     Ping,
@@ -481,6 +482,14 @@ def test_FR_6_binary_shorter_than_header_is_a_decode_error(size: int) -> None:
 def test_FR_7_stream_id_zero_or_reserved_bit_is_a_decode_error(header: str) -> None:
     with pytest.raises(DecodeError, match="stream id"):
         decode(bytes.fromhex(header) + b"data")
+
+
+@pytest.mark.parametrize("stream_id", [0, -1, MAX_STREAM_ID + 1, 2**32])
+def test_FR_7_encoding_a_frame_with_an_invalid_stream_id_is_a_local_error(stream_id: int) -> None:
+    with pytest.raises(LocalProtocolError, match="stream id"):
+        encode(Data(stream_id, b"x"))
+    with pytest.raises(LocalProtocolError, match="stream id"):
+        encode(WebSocketData(stream_id, b"x", text=True))
 
 
 def test_FR_6_decode_accepts_bytearray_and_memoryview() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pydantic
 
 from ._models import CONTROL_MESSAGE_ADAPTER, MAX_STREAM_ID, ControlMessage
-from .errors import DecodeError
+from .errors import DecodeError, LocalProtocolError
 
 __all__ = ["FRAME_HEADER_SIZE", "Data", "Message", "WebSocketData", "decode", "encode"]
 
@@ -62,7 +62,13 @@ Message = ControlMessage | Data | WebSocketData
 
 
 def encode(message: Message) -> str | bytes:
-    """Encode a message for one WebSocket message: ``str`` means text, ``bytes`` binary."""
+    """Encode a message for one WebSocket message: ``str`` means text, ``bytes`` binary.
+
+    A data frame whose stream id is outside 1..2**31-1 raises
+    :class:`~pipegate_protocol.errors.LocalProtocolError` (FR-7): no peer would accept it.
+    """
+    if isinstance(message, Data | WebSocketData) and not 1 <= message.stream_id <= MAX_STREAM_ID:
+        raise LocalProtocolError(f"data frame with invalid stream id {message.stream_id}")
     if isinstance(message, Data):
         kind = _KIND_DATA | (_FIN if message.end_stream else 0)
         return _HEADER.pack(kind, message.stream_id) + message.data
