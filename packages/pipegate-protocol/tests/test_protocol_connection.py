@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pipegate_protocol import (
     CAPABILITY_WEBSOCKET,
     MAX_STREAM_ID,
@@ -1245,3 +1247,77 @@ def test_ER_4_a_reset_stream_does_not_affect_others() -> None:
     assert isinstance(response, Response)
     assert server.is_open(second)
     assert server.state is client.state is ConnectionState.OPEN
+
+
+# ---------------------------------------------------------------- hostile peers (ER-1)
+
+_small_ids = st.integers(1, 4)
+_hostile_messages = st.one_of(
+    st.builds(
+        Open,
+        stream_id=_small_ids,
+        method=st.just("GET"),
+        path=st.just("/"),
+        kind=st.sampled_from(StreamKind),
+        end_stream=st.booleans(),
+    ),
+    st.builds(
+        Response,
+        stream_id=_small_ids,
+        status=st.sampled_from([100, 101, 200, 204]),
+        end_stream=st.booleans(),
+    ),
+    st.builds(WindowUpdate, stream_id=_small_ids, increment=st.integers(1, MAX_WINDOW)),
+    st.builds(Reset, stream_id=_small_ids, code=st.sampled_from(ResetCode)),
+    st.builds(WebSocketClose, stream_id=_small_ids),
+    st.builds(Ping, id=st.integers(0, 10)),
+    st.builds(Pong, id=st.integers(0, 10)),
+    st.builds(GoAway, last_stream_id=st.integers(0, 4)),
+    st.builds(Hello, version=st.just(ProtocolVersion.V1), role=st.sampled_from(Role)),
+    st.builds(Data, stream_id=_small_ids, data=st.binary(max_size=300), end_stream=st.booleans()),
+    st.builds(
+        WebSocketData,
+        stream_id=_small_ids,
+        data=st.binary(max_size=300),
+        text=st.booleans(),
+        fin=st.booleans(),
+    ),
+)
+
+
+@settings(max_examples=200)
+@given(
+    role=st.sampled_from(Role),
+    sequence=st.lists(_hostile_messages, max_size=12),
+    window=st.integers(1, 400),
+)
+def test_ER_1_any_message_sequence_is_accepted_or_a_remote_error(
+    role: Role, sequence: list[Message], window: int
+) -> None:
+    """Whatever a hostile peer sends, receive() returns or raises RemoteProtocolError;
+    after an error the connection is closed and nothing else leaks out."""
+    conn = Connection(
+        role,
+        limits=Limits(initial_window=window, max_concurrent_streams=2),
+        capabilities=[CAPABILITY_WEBSOCKET],
+    )
+    peer_role = Role.CLIENT if role is Role.SERVER else Role.SERVER
+    conn.receive(hello_from(peer_role, capabilities=(CAPABILITY_WEBSOCKET,)))
+    if role is Role.SERVER:
+        for _ in range(2):
+            conn.open_stream(method="GET", path="/")
+    for message in sequence:
+        error: RemoteProtocolError | None = None
+        try:
+            conn.receive(encode(message))
+        except RemoteProtocolError as exc:
+            error = exc
+        if error is not None:
+            assert conn.state is ConnectionState.CLOSED
+            assert conn.open_streams == 0
+            assert error.close_code in set(CloseCode)
+            break
+        assert conn.state is ConnectionState.OPEN
+        assert conn.open_streams <= 2
+        for out in conn.data_to_send():
+            decode(out)  # whatever it answers (pongs, updates, refusals) is well formed
