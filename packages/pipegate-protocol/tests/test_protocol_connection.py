@@ -384,7 +384,7 @@ def test_ST_1_no_stream_after_the_largest_id() -> None:
         client.receive(open_msg(1).replace('"stream_id":1', f'"stream_id":{MAX_STREAM_ID + 1}'))
 
 
-def test_ST_2_open_carries_the_request_head() -> None:
+def test_ST_2_HD_1_open_carries_the_raw_request_head() -> None:
     server, client = pair()
     stream_id = server.open_stream(
         method="PROPFIND",
@@ -502,6 +502,36 @@ def test_ST_3_final_response_with_end_stream_means_no_body() -> None:
     assert not client.is_open(stream_id)
     with pytest.raises(LocalProtocolError):
         client.send_data(stream_id, b"")
+
+
+def test_HD_3_HD_7_response_head_keeps_order_and_duplicates() -> None:
+    server, client = pair()
+    stream_id = open_http(server, client, end_stream=True)
+    headers = [
+        ("Set-Cookie", "a=1; Path=/"),
+        ("content-type", "text/html"),
+        ("set-cookie", "b=2"),
+        ("X-Empty", ""),
+        ("x-latin1", "caf\xe9"),
+        ("set-cookie", "a=1; Path=/"),
+    ]
+    client.send_response(stream_id, 299, headers)
+    (response,) = transfer(client, server)
+    assert isinstance(response, Response)
+    assert response.status == 299
+    assert list(response.headers) == headers
+
+
+def test_VE_5_agent_is_informational_only() -> None:
+    """The agent string is carried for logs; it changes nothing in the exchange."""
+    for agent in ("", "pipegate-client/0.0.1", "other-impl/9 (\u2603)"):
+        server = Connection(Role.SERVER)
+        client = Connection(Role.CLIENT, agent=agent)
+        transfer(server, client)
+        (hello,) = transfer(client, server)
+        assert isinstance(hello, Hello)
+        assert hello.agent == agent
+        assert open_http(server, client) == 1
 
 
 # ---------------------------------------------------------------- ST-4
