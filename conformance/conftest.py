@@ -1,15 +1,4 @@
-"""Loads the conformance plugin for ``pytest conformance/`` and for a plain ``pytest``
-from the repository root (testpaths include ``conformance``): pytest honours
-``pytest_addoption`` only in initial conftest files, and this is one in both cases."""
-
-from pipegate_conformance.plugin import (  # noqa: F401
-    implementations,
-    origin,
-    pytest_addoption,
-    pytest_collection_modifyitems,
-    pytest_configure,
-    pytest_runtest_logreport,
-    pytest_sessionfinish,
-    server,
-    tunnel,
-)
+"""The conformance plugin (``pipegate_conformance.plugin``) is registered as a pytest11
+entry point of this package, so pytest loads it before parsing the command line and
+its options work in every invocation. With ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, load
+it with ``-p pipegate_conformance.plugin``."""

@@ -9,9 +9,10 @@ when another tunnel breaks the rules (ER-4).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -37,15 +38,30 @@ def _new_id() -> str:
     return f"ref-{secrets.token_hex(5)}"
 
 
+#: Reference clients opened by the running check; closed by :func:`_close_peers` so
+#: a failing check cannot leak a socket into a later one (ResourceWarning is an error).
+_PEERS: list[ReferenceClient] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_peers() -> AsyncIterator[None]:
+    yield
+    while _PEERS:
+        await _PEERS.pop().close()
+    gc.collect()
+
+
 async def _connect(
     server: ServerUnderTest, connection_id: str | None = None, **kw: Any
 ) -> ReferenceClient:
-    return await connect_reference_client(
+    peer = await connect_reference_client(
         server.ws_url(connection_id or _new_id()),
         kw.pop("token", server.token),
         ssl_context=server.ssl_context(),
         **kw,
     )
+    _PEERS.append(peer)
+    return peer
 
 
 def _get(url: str, **kw: Any) -> httpx.Response:
@@ -325,6 +341,9 @@ def _data(stream_id: int, payload: bytes = b"x", end: bool = False) -> bytes:
 #: case -> (close code, needs an open stream, frames to send given the stream id).
 #: Cases whose frames include a valid response head first leave the caller with an
 #: aborted response instead of a 502 (HD-10: after the head, the status cannot change).
+#: "Data after end of stream" is not here: once the response has ended, a server may
+#: reset the rest of the upload at once (ST-5), and then the frame is for a gone stream
+#: and rightly ignored (ST-8); which happens first is a race, not a rule.
 HOSTILE: dict[str, tuple[int, bool, Callable[[int], list[str | bytes]]]] = {
     "malformed-json": (1002, False, lambda s: ["{not json"]),
     "json-not-object": (1002, False, lambda s: ["[1, 2]"]),
@@ -346,7 +365,6 @@ HOSTILE: dict[str, tuple[int, bool, Callable[[int], list[str | bytes]]]] = {
     "data-before-head": (1002, True, lambda s: [_data(s)]),
     "second-final-response": (1002, True, lambda s: [_resp(s), _resp(s)]),
     "status-101-on-http": (1002, True, lambda s: [_resp(s, 101)]),
-    "data-after-end": (1002, True, lambda s: [_resp(s), _data(s, end=True), _data(s)]),
     "window-overflow": (
         4001,
         True,
@@ -367,7 +385,6 @@ RULES_OF = {
     "data-before-head": "ST-9",
     "second-final-response": "ST-3",
     "status-101-on-http": "ST-3",
-    "data-after-end": "ST-9",
     "window-overflow": "FC-5",
     "ws-data-on-http": "ST-9",
 }
@@ -387,13 +404,7 @@ async def test_server_closes_hostile_tunnel_only(
     peer = await _connect(server, connection_id)
     caller = None
     stream_id = 1
-    if needs_stream and case == "data-after-end":
-        # the request body (2 MiB, never acknowledged) keeps the server's direction open,
-        # so the stream is not gone and a frame after the client's end is an error
-        body = b"u" * (2 * 1024 * 1024)
-        caller = await _call(f"{server.public_url(connection_id)}/victim", "POST", content=body)
-        stream_id = (await peer.next_of(Open)).stream_id
-    elif needs_stream:
+    if needs_stream:
         caller = await _call(f"{server.public_url(connection_id)}/victim")
         stream_id = (await peer.next_of(Open)).stream_id
     for frame in frames(stream_id):
@@ -401,7 +412,7 @@ async def test_server_closes_hostile_tunnel_only(
     closed = await peer.wait_closed(within=30.0)
     assert closed == code, f"{case}: expected close code {code}, got {closed}"
     if caller is not None:
-        head_relayed = case in ("data-after-end", "ws-data-on-http", "second-final-response")
+        head_relayed = case in ("ws-data-on-http", "second-final-response")
         outcome: int | str
         try:
             outcome = (await caller).status_code
@@ -458,8 +469,12 @@ def test_server_survives_junk(server: ServerUnderTest, tunnel: Tunnel, junk: byt
 
     async def scenario() -> int | None:
         peer = await _connect(server)
-        await peer.send_raw(junk)
-        return await peer.wait_closed(within=30.0)
+        _PEERS.remove(peer)  # this event loop ends here: close it in it
+        try:
+            await peer.send_raw(junk)
+            return await peer.wait_closed(within=30.0)
+        finally:
+            await peer.close()
 
     assert asyncio.run(scenario()) == 1002
     _bystander_works(tunnel)

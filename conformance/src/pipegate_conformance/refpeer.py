@@ -29,9 +29,13 @@ from pipegate_protocol import (
     Hello,
     Limits,
     Message,
+    Ping,
+    Pong,
     ProtocolVersion,
     RemoteProtocolError,
     Role,
+    decode,
+    encode,
     extract_client_token,
     negotiate_version,
 )
@@ -79,12 +83,20 @@ async def _recv(ws: ClientConnection | ServerConnection, within: float) -> str |
         raise PeerClosed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "") from None
 
 
-async def _wait_closed(ws: ClientConnection | ServerConnection, within: float) -> int | None:
-    """Read (and drop) messages until the peer closes; returns the code it sent."""
+async def _wait_closed(
+    ws: ClientConnection | ServerConnection, within: float, conn: Connection | None = None
+) -> int | None:
+    """Read messages until the peer closes; returns the code it sent. Pings are still
+    answered (through ``conn``) so that a slow close is not mistaken for silence."""
     try:
         async with asyncio.timeout(within):
             while True:
-                await ws.recv()
+                payload = await ws.recv()
+                if conn is not None and isinstance(payload, str) and '"ping"' in payload:
+                    with contextlib.suppress(Exception):
+                        decoded = decode(payload)
+                        if isinstance(decoded, Ping):
+                            await ws.send(encode(Pong(id=decoded.id)))
     except websockets.ConnectionClosed as exc:
         return exc.rcvd.code if exc.rcvd else None
 
@@ -138,7 +150,7 @@ class _Endpoint:
 
     async def wait_closed(self, within: float = 10.0) -> int | None:
         """Wait until the peer closes the tunnel; the close code it sent."""
-        return await _wait_closed(self.ws, within)
+        return await _wait_closed(self.ws, within, self.conn)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
