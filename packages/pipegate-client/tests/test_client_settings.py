@@ -115,3 +115,11 @@ async def test_client_wss_with_private_ca(
         assert output.getvalue().strip() == f"https://127.0.0.1:{harness.server.port}/node"
         head, _ = await tunnel.request("GET", "/cookies")
         assert head.status == 200
+
+
+def test_client_settings_strip_trailing_slash_from_server_url() -> None:
+    """HS-1: the tunnel endpoint is exactly /<id>; a trailing slash would make the
+    server treat the upgrade as a caller's WebSocket into that tunnel."""
+    settings = ClientSettings(server_url="wss://example.com/node/", client_token="t")
+    assert settings.server_url == "wss://example.com/node"
+    assert settings.connection_id == "node"

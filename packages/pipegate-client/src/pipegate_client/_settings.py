@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pipegate_protocol import Limits, connection_id_from_url
 
@@ -55,6 +55,12 @@ class ClientSettings:
     initial_window: int = 1024 * 1024
 
     def __post_init__(self) -> None:
+        # HS-1: the tunnel endpoint is exactly /<id>; "wss://h/node/" would otherwise
+        # be taken by the server as a caller's WebSocket to path "/" of tunnel "node".
+        parts = urlsplit(self.server_url)
+        if parts.path.endswith("/"):
+            normalized = urlunsplit(parts._replace(path=parts.path.rstrip("/")))
+            object.__setattr__(self, "server_url", normalized)
         try:
             connection_id_from_url(self.server_url)
         except ValueError as exc:
