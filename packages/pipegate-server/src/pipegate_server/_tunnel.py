@@ -432,9 +432,10 @@ class Tunnel:
                 self._wake_writer.set()
 
     async def _flush_now(self) -> None:
-        """Queue the core's output and send it from the calling coroutine if nobody is."""
-        self._flush()
-        if not self._sending:
+        """Queue the core's output and send it from the calling coroutine, unless a
+        sender is active: it keeps sending until the queue is empty, so it takes ours
+        too and the writer task need not be woken."""
+        if self._queue_output() and not self._sending:
             await self._send_queued()
 
     async def _tick_loop(self) -> None:
@@ -460,15 +461,20 @@ class Tunnel:
                 self._flush()
 
     def _flush(self) -> None:
+        """Queue the core's output for the writer task."""
+        if self._queue_output():
+            self._wake_writer.set()
+
+    def _queue_output(self) -> bool:
         out = self.conn.data_to_send()
         if not out:
-            return
+            return False
         for item in out:
             self._buffered += len(item)
         self._outgoing.extend(out)
         if self._buffered > _HIGH_WATER:
             self._drained.clear()
-        self._wake_writer.set()
+        return True
 
     # ------------------------------------------------------------------ streams
 
