@@ -253,3 +253,14 @@ async def test_oversized_headers_are_431(pg: Any) -> None:
     assert response.status_code == 431
     assert ok.status_code == 200
     assert len([m for m in client.received if getattr(m, "type", "") == "open"]) == 1
+
+
+async def test_head_the_protocol_cannot_carry_is_400(server: Any, pg: Any) -> None:
+    async with pg.fake_client(server, "node", pg.echo_handler):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        method = b"M" * 70  # a valid HTTP token, longer than the protocol's 64
+        writer.write(method + b" /node/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert raw.startswith(b"HTTP/1.1 400")
+    assert b"cannot be relayed" in raw

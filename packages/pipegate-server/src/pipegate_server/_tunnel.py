@@ -519,8 +519,12 @@ class Tunnel:
                 end_stream=end_stream,
             )
         except LocalProtocolError as exc:
-            raise HeadersTooLargeError(f"the request head cannot be relayed: {exc}") from None
-        except ValueError as exc:  # pydantic rejected a method, path or header byte
+            # The core refuses a head larger than the client's max_frame_size, or a
+            # field the protocol cannot carry (a method over 64 bytes, a control byte).
+            if "max_frame_size" in str(exc):
+                raise HeadersTooLargeError(f"the request head cannot be relayed: {exc}") from None
+            raise RelayError(f"the request cannot be relayed: {exc}", status=400) from None
+        except ValueError as exc:  # older cores let pydantic's ValidationError through
             raise RelayError(
                 f"the request cannot be relayed: {_first_line(exc)}", status=400
             ) from None
