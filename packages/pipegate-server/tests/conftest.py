@@ -225,6 +225,7 @@ async def fake_client(
     *,
     token: str = TOKEN,
     max_streams: int = 128,
+    websocket: bool = True,
 ) -> AsyncIterator[FakeClient]:
     ws = await connect(
         server.ws_url(connection_id),
@@ -235,7 +236,7 @@ async def fake_client(
     )
     conn = Connection(
         Role.CLIENT,
-        capabilities=[CAPABILITY_WEBSOCKET],
+        capabilities=[CAPABILITY_WEBSOCKET] if websocket else [],
         limits=Limits(max_concurrent_streams=max_streams),
         agent="fake-client",
     )

@@ -96,3 +96,11 @@ async def test_websocket_to_unknown_id_is_404(server: Any) -> None:
         async with connect(f"ws://127.0.0.1:{server.port}/nobody/chat"):
             pass
     assert info.value.response.status_code == 404
+
+
+async def test_client_without_websocket_capability_is_502(server: Any, pg: Any) -> None:
+    async with pg.fake_client(server, "node", _ws_app, websocket=False):
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"ws://127.0.0.1:{server.port}/node/chat"):
+                pass
+    assert info.value.response.status_code == 502

@@ -428,10 +428,6 @@ class Relay:
         try:
             tunnel = self._tunnel_for(connection_id)
             headers, _, _ = self._request_headers(scope, connection_id, websocket=True)
-            if tunnel.ready and not tunnel.supports_websocket:
-                raise RelayError(
-                    f"the client of id {connection_id!r} does not relay WebSockets", status=502
-                )
             client = scope.get("client")
             channel = await tunnel.open_stream(
                 method="GET",

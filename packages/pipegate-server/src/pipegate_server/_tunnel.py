@@ -506,6 +506,10 @@ class Tunnel:
         """
         if self._slot_waiters or not self._has_slot():
             await self._wait_for_slot()
+        if kind is StreamKind.WEBSOCKET and not self.conn.peer_supports_websocket:
+            raise RelayError(
+                f"the client of id {self.connection_id!r} does not relay WebSockets", status=502
+            )
         try:
             stream_id = self.conn.open_stream(
                 method=method,
