@@ -36,8 +36,9 @@ async def _ws_app(client: Any, stream: Any) -> None:
             if item.fin:
                 message = b"".join(parts)
                 parts = []
-                if message == b"close-please":
-                    client.conn.send_websocket_close(stream.id, 4000, "bye")
+                if message in (b"close-please", b"close-1006"):
+                    code = 4000 if message == b"close-please" else 1006
+                    client.conn.send_websocket_close(stream.id, code, "bye")
                     await client.flush()
                     return
                 await stream.send(message, text=item.text)
@@ -104,3 +105,17 @@ async def test_client_without_websocket_capability_is_502(server: Any, pg: Any) 
             async with connect(f"ws://127.0.0.1:{server.port}/node/chat"):
                 pass
     assert info.value.response.status_code == 502
+
+
+async def test_abnormal_close_from_local_app_becomes_1011(server: Any, pg: Any) -> None:
+    async with (
+        pg.fake_client(server, "node", _ws_app) as client,
+        connect(
+            f"ws://127.0.0.1:{server.port}/node/chat",
+            subprotocols=["chat", "other"],  # type: ignore[list-item]
+        ) as ws,
+    ):
+        client.closes = []
+        await ws.send("close-1006")
+        await ws.wait_closed()
+        assert ws.close_code == 1011

@@ -533,7 +533,7 @@ class Relay:
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
-                    code = _relayable_close_code(int(message.get("code", 1000)))
+                    code = _close_code_for_tunnel(int(message.get("code", 1005)))
                     tunnel.send_websocket_close(channel, code, str(message.get("reason") or ""))
                     channel.fail(CallerGoneError("the caller closed the WebSocket"))
                     return
@@ -569,9 +569,9 @@ class Relay:
                     await send({"type": "websocket.close", "code": 1011, "reason": reason})
                     return
                 if isinstance(item, WebSocketClose):
-                    await send(
-                        {"type": "websocket.close", "code": item.code, "reason": item.reason}
-                    )
+                    code = _close_code_for_caller(item.code)
+                    reason = item.reason if code == item.code else ""
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
                     return
                 if not isinstance(item, WebSocketData):
                     continue
@@ -613,10 +613,18 @@ def _http_scheme(scope: Scope) -> str:
     return "https" if scope.get("scheme") in ("https", "wss") else "http"
 
 
-def _relayable_close_code(code: int) -> int:
-    """Codes a peer may not send on the wire (1005, 1006, 1015) become 1000/1001."""
-    if code == 1005:
-        return 1000
-    if code in (1006, 1015) or not 1000 <= code <= 4999:
-        return 1001
-    return code
+def _close_code_for_tunnel(code: int) -> int:
+    """The code to relay in ``ws_close``: the observed one, 1005 and 1006 included (WS-5)."""
+    return code if 1000 <= code <= 4999 else 1006
+
+
+#: Codes a WebSocket close frame may carry (RFC 6455 section 7.4) below 3000.
+_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+def _close_code_for_caller(code: int) -> int:
+    """The code to close the caller's hop with (WS-5): 1005 ("no status") has no ASGI
+    form and becomes 1000; 1006, 1015 and other unsendable codes become 1011."""
+    if code in _SENDABLE or 3000 <= code <= 4999:
+        return code
+    return 1000 if code == 1005 else 1011
