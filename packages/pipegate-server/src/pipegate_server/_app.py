@@ -32,8 +32,8 @@ from pipegate_protocol import (
     is_valid_connection_id,
     negotiate_version,
 )
-from starlette.types import Receive, Scope, Send
 
+from ._asgi import Receive, Scope, Send
 from ._auth import Authenticator, FailureTracker, load_tokens_file
 from ._registry import TunnelRegistry
 from ._relay import Relay, deny_websocket, send_plain

@@ -27,8 +27,8 @@ from pipegate_protocol import (
     WebSocketClose,
     WebSocketData,
 )
-from starlette.types import Scope
 
+from ._asgi import Scope
 from ._registry import TunnelRegistry
 from ._settings import ServerSettings
 from ._tunnel import ASGIReceive, ASGISend, StreamChannel, Tunnel

@@ -44,8 +44,8 @@ from pipegate_protocol import (
     WindowUpdate,
 )
 from pipegate_protocol.errors import CloseCode, LocalProtocolError
-from starlette.types import Receive, Send
 
+from ._asgi import Receive, Send
 from ._auth import Credential
 from ._settings import ServerSettings
 from .errors import (
