@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import pytest
-from pipegate_protocol import StreamKind, WebSocketClose, WebSocketData
+from pipegate_protocol import ResetCode, StreamKind, WebSocketClose, WebSocketData
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -36,6 +36,10 @@ async def _ws_app(client: Any, stream: Any) -> None:
             if item.fin:
                 message = b"".join(parts)
                 parts = []
+                if message == b"reset-please":
+                    client.conn.reset_stream(stream.id, ResetCode.CANCELLED)
+                    await client.flush()
+                    return
                 if message in (b"close-please", b"close-1006"):
                     code = 4000 if message == b"close-please" else 1006
                     client.conn.send_websocket_close(stream.id, code, "bye")
@@ -119,3 +123,17 @@ async def test_abnormal_close_from_local_app_becomes_1011(server: Any, pg: Any) 
         await ws.send("close-1006")
         await ws.wait_closed()
         assert ws.close_code == 1011
+
+
+async def test_cancelled_reset_closes_caller_with_1001(server: Any, pg: Any) -> None:
+    async with (
+        pg.fake_client(server, "node", _ws_app) as client,
+        connect(
+            f"ws://127.0.0.1:{server.port}/node/chat",
+            subprotocols=["chat", "other"],  # type: ignore[list-item]
+        ) as ws,
+    ):
+        client.closes = []
+        await ws.send("reset-please")
+        await ws.wait_closed()
+        assert ws.close_code == 1001

@@ -38,6 +38,7 @@ from .errors import (
     HeadersTooLargeError,
     RelayError,
     ResponseTimeoutError,
+    StreamResetError,
     TunnelBusyError,
     TunnelClosedError,
     TunnelNotFoundError,
@@ -565,8 +566,11 @@ class Relay:
                     await send({"type": "websocket.close", "code": 1001, "reason": "tunnel closed"})
                     return
                 except RelayError as exc:
+                    # WS-4: a reset closes the caller with 1011, or 1001 when cancelled
+                    cancelled = isinstance(exc, StreamResetError) and exc.reset_code == "cancelled"
                     reason = str(exc).encode("utf-8")[:120].decode("utf-8", "ignore")
-                    await send({"type": "websocket.close", "code": 1011, "reason": reason})
+                    code = 1001 if cancelled else 1011
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
                     return
                 if isinstance(item, WebSocketClose):
                     code = _close_code_for_caller(item.code)

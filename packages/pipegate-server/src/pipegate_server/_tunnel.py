@@ -361,7 +361,10 @@ class Tunnel:
             if channel is not None:
                 error_type = _RESET_STATUS.get(message.code, StreamResetError)
                 text = message.message or message.code.value
-                channel.fail(error_type(f"the tunnel client reset the stream: {text}"))
+                error = error_type(f"the tunnel client reset the stream: {text}")
+                if isinstance(error, StreamResetError):
+                    error.reset_code = message.code.value
+                channel.fail(error)
         elif isinstance(message, Hello):
             logger.info(
                 "tunnel ready: id=%s agent=%s max_streams=%d",

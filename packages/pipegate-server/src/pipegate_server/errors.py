@@ -94,9 +94,14 @@ class TunnelClosedError(RelayError):
 
 
 class StreamResetError(RelayError):
-    """The tunnel client abandoned the stream, e.g. because the local app failed."""
+    """The tunnel client abandoned the stream, e.g. because the local app failed.
+
+    ``reset_code`` is the protocol's reset code (``"upstream_failed"``, ...) when the
+    client sent one.
+    """
 
     status = 502
+    reset_code = ""
 
 
 class ResponseTimeoutError(RelayError):
