@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from pipegate_conformance.harness import Tunnel
+from e2e_support import TunnelFactory
+from pipegate_conformance.harness import Tunnel, free_port, origin_command, wait_for_http
 from pipegate_conformance.origin import pattern_bytes
 
 Report = dict[str, Any]
@@ -172,3 +173,16 @@ def test_concurrent_requests_do_not_mix(tunnel: Tunnel) -> None:
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         results = list(pool.map(one, range(64)))
     assert results == [f"i={index}" for index in range(64)]
+
+
+def test_extension_method_is_relayed(tunnels: TunnelFactory) -> None:
+    """A method token no HTTP parser table knows (RFC 9110 allows any token) reaches a
+    local app that accepts it (an origin on uvicorn's h11 parser)."""
+    port = free_port()
+    origin = tunnels.group.start("h11-origin", origin_command(port, http="h11"))
+    wait_for_http(f"http://127.0.0.1:{port}/echo/ready", process=origin)
+    tunnel = TunnelFactory(tunnels.group, f"http://127.0.0.1:{port}").tunnel("methods")
+    for method in ("PURGE", "X-CUSTOM-METHOD", "REPORT"):
+        response = httpx.request(method, f"{tunnel.public_url}/echo/m", timeout=10)
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()["method"] == method
