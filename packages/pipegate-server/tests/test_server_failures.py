@@ -264,3 +264,51 @@ async def test_head_the_protocol_cannot_carry_is_400(server: Any, pg: Any) -> No
         writer.close()
     assert raw.startswith(b"HTTP/1.1 400")
     assert b"cannot be relayed" in raw
+
+
+async def test_stream_channel_lost_tunnel_delivers_what_arrived_first() -> None:
+    """A response that arrived whole is not thrown away by the tunnel closing after it;
+    a reset, by contrast, decides the outcome at once."""
+    from pipegate_server._tunnel import StreamChannel
+    from pipegate_server.errors import StreamResetError, TunnelClosedError
+
+    loop = asyncio.get_running_loop()
+    lost = StreamChannel(1, loop)
+    lost.deliver(Data(1, b"head"))
+    lost.deliver(Data(1, b"tail", end_stream=True))
+    lost.fail(TunnelClosedError("gone"), drain_first=True)
+    assert (await lost.next()).data == b"head"
+    assert (await lost.next()).data == b"tail"
+    try:
+        await lost.next()
+    except TunnelClosedError:
+        pass
+    else:
+        raise AssertionError("the failure must follow the queued messages")
+
+    reset = StreamChannel(3, loop)
+    reset.deliver(Data(3, b"stale"))
+    reset.fail(StreamResetError("reset by client"))
+    try:
+        await reset.next()
+    except StreamResetError:
+        pass
+    else:
+        raise AssertionError("a reset must win over queued messages")
+
+
+async def test_client_closing_right_after_a_whole_response_loses_nothing(pg: Any) -> None:
+    body = bytes(range(256)) * 2048  # 512 KiB, within the initial window
+
+    async def respond_then_leave(client: Any, stream: Any) -> None:
+        await stream.respond(200, [("content-type", "application/octet-stream")], body)
+        await client.ws.close()
+
+    async with (
+        pg.start_server() as server,
+        pg.fake_client(server, "node", respond_then_leave),
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        response = await http.get(f"{server.base}/node/file")
+    assert response.status_code == 200
+    assert response.content == body

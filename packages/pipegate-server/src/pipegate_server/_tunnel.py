@@ -93,12 +93,15 @@ class _Close:
 class StreamChannel:
     """What one relay sees of its stream: incoming messages, failure and window waits.
 
-    The reader task :meth:`deliver`\\ s messages in order; a failure (reset by the
-    client, tunnel lost, caller gone, body too large) wins over anything still queued,
-    because after it the stream's outcome is decided.
+    The reader task :meth:`deliver`\\ s messages in order. A failure (reset by the
+    client, caller gone, body too large) wins over anything still queued, because
+    after it the stream's outcome is decided. A lost tunnel is different: what the
+    client sent before it went away is still delivered first (``drain_first``), so a
+    response that arrived whole is not thrown away by a close that follows it.
     """
 
     __slots__ = (
+        "_drain_first",
         "_items",
         "_loop",
         "_waiter",
@@ -117,6 +120,7 @@ class StreamChannel:
         self._waiter: asyncio.Future[None] | None = None
         self._window_waiter: asyncio.Future[None] | None = None
         self.failure: RelayError | None = None
+        self._drain_first = False
         #: Loop time of the last progress of the request (open, body sent); the
         #: response timeout counts from here.
         self.progress_at = loop.time()
@@ -134,10 +138,15 @@ class StreamChannel:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def fail(self, error: RelayError) -> None:
-        """Decide the stream's outcome; the first failure wins. Wakes every waiter."""
+    def fail(self, error: RelayError, *, drain_first: bool = False) -> None:
+        """Decide the stream's outcome; the first failure wins. Wakes every waiter.
+
+        With ``drain_first``, messages already delivered are still handed out by
+        :meth:`next` before the failure is raised.
+        """
         if self.failure is None:
             self.failure = error
+            self._drain_first = drain_first
         for waiter in (self._waiter, self._window_waiter):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -150,10 +159,10 @@ class StreamChannel:
     async def next(self, within: float | None = None) -> Message:
         """The next message; raises the failure, or :class:`TimeoutError` after ``within`` s."""
         while True:
+            if self._items and (self.failure is None or self._drain_first):
+                return self._items.popleft()
             if self.failure is not None:
                 raise self.failure
-            if self._items:
-                return self._items.popleft()
             waiter = self._waiter = self._loop.create_future()
             handle = None
             if within is not None:
@@ -302,7 +311,7 @@ class Tunnel:
         self.registry.release(self)
         self.conn.close()
         for channel in list(self._channels.values()):
-            channel.fail(error)
+            channel.fail(error, drain_first=True)
         self._fail_slot_waiters(error)
         self._drained.set()
 
