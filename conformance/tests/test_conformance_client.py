@@ -79,7 +79,7 @@ async def _open(session: ServerSession, **fields: object) -> int:
     return stream_id
 
 
-@pytest.mark.rule("HS-2", "HS-3", "HS-4", "HS-11", "HS-12")
+@pytest.mark.rule("HS-2", "HS-3", "HS-4", "HS-11", "HS-12", "VE-1")
 async def test_client_handshake(driven: DrivenClient, implementations: Implementations) -> None:
     """HS-2/3: the upgrade presents the token and offers pipegate.v1; HS-4/11/12: the
     client's hello has role client, the negotiated version, websocket capability and no

@@ -145,7 +145,7 @@ async def test_invalid_connection_id_is_refused_with_404(
     assert refused.value.status == 404
 
 
-@pytest.mark.rule("HS-4", "HS-5", "HS-6", "HS-12")
+@pytest.mark.rule("HS-4", "HS-5", "HS-6", "HS-12", "VE-1")
 async def test_server_hello(server: ServerUnderTest) -> None:
     """HS-4/HS-12: the server's hello comes first, names the id and the public URL."""
     connection_id = _new_id()
