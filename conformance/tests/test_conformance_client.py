@@ -176,7 +176,7 @@ async def test_client_returns_credit_for_request_body(driven: DrivenClient) -> N
     assert body == {"length": total, "sha256": digest.hexdigest()}
 
 
-@pytest.mark.rule("FC-2", "FC-3", "FC-6", "HD-8")
+@pytest.mark.rule("FC-1", "FC-2", "FC-3", "FC-6", "FR-2", "HD-8")
 async def test_client_respects_the_servers_window(
     implementations: Implementations, origin: Origin
 ) -> None:
@@ -365,13 +365,13 @@ RULES_OF = {
 }
 
 
-@pytest.mark.rule("ER-1", "ER-2", "LV-3")
+@pytest.mark.rule("ER-1", "ER-2", "ER-3", "LV-3")
 @pytest.mark.parametrize(
     "case",
     [pytest.param(name, marks=pytest.mark.rule(RULES_OF[name])) for name in HOSTILE],
 )
 async def test_client_closes_on_hostile_frames_and_reconnects(
-    driven: DrivenClient, case: str
+    driven: DrivenClient, implementations: Implementations, case: str
 ) -> None:
     """ER-2: the client closes the tunnel with the documented code; LV-3: it reconnects."""
     code, payloads = HOSTILE[case]
@@ -379,6 +379,9 @@ async def test_client_closes_on_hostile_frames_and_reconnects(
         await driven.session.send_raw(payload)
     closed = await driven.session.wait_closed(within=30.0)
     assert closed == code, f"{case}: expected close code {code}, got {closed}"
+    reason = driven.session.close_reason
+    assert len(reason.encode()) <= 123, "ER-3: reason over 123 bytes"
+    assert implementations.token not in reason, "ER-3: the close reason holds the token"
     again = await driven.ref.next_session(within=30.0)
     assert again.client_hello is not None
 

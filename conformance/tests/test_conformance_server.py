@@ -259,7 +259,7 @@ async def test_server_sends_raw_request_head(server: ServerUnderTest) -> None:
     await peer.close()
 
 
-@pytest.mark.rule("FC-2", "FC-4", "HD-8")
+@pytest.mark.rule("FC-1", "FC-2", "FC-4", "FR-2", "HD-8")
 async def test_server_respects_client_window(server: ServerUnderTest) -> None:
     """FC-2: with a 64 KiB client window and no credit returned, the server sends at
     most 64 KiB of a 1 MiB upload; once credit flows, everything arrives."""
@@ -390,7 +390,7 @@ RULES_OF = {
 }
 
 
-@pytest.mark.rule("ER-1", "ER-2", "ER-4", "LV-3")
+@pytest.mark.rule("ER-1", "ER-2", "ER-3", "ER-4", "LV-3")
 @pytest.mark.parametrize(
     "case", [pytest.param(name, marks=pytest.mark.rule(RULES_OF[name])) for name in HOSTILE]
 )
@@ -411,6 +411,8 @@ async def test_server_closes_hostile_tunnel_only(
         await peer.send_raw(frame)
     closed = await peer.wait_closed(within=30.0)
     assert closed == code, f"{case}: expected close code {code}, got {closed}"
+    assert len(peer.close_reason.encode()) <= 123, "ER-3: reason over 123 bytes"
+    assert server.token not in peer.close_reason, "ER-3: the close reason holds the token"
     if caller is not None:
         head_relayed = case in ("ws-data-on-http", "second-final-response")
         outcome: int | str

@@ -85,9 +85,10 @@ async def _recv(ws: ClientConnection | ServerConnection, within: float) -> str |
 
 async def _wait_closed(
     ws: ClientConnection | ServerConnection, within: float, conn: Connection | None = None
-) -> int | None:
-    """Read messages until the peer closes; returns the code it sent. Pings are still
-    answered (through ``conn``) so that a slow close is not mistaken for silence."""
+) -> tuple[int | None, str]:
+    """Read messages until the peer closes; returns the code and reason it sent. Pings
+    are still answered (through ``conn``) so that a slow close is not mistaken for
+    silence."""
     try:
         async with asyncio.timeout(within):
             while True:
@@ -98,7 +99,7 @@ async def _wait_closed(
                         if isinstance(decoded, Ping):
                             await ws.send(encode(Pong(id=decoded.id)))
     except websockets.ConnectionClosed as exc:
-        return exc.rcvd.code if exc.rcvd else None
+        return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
 
 
 @dataclass
@@ -108,6 +109,8 @@ class _Endpoint:
     ws: Any
     conn: Connection
     received: list[Message] = field(default_factory=list)
+    #: The close reason the peer sent, once :meth:`wait_closed` returned.
+    close_reason: str = ""
 
     async def flush(self) -> None:
         for item in self.conn.data_to_send():
@@ -150,7 +153,8 @@ class _Endpoint:
 
     async def wait_closed(self, within: float = 10.0) -> int | None:
         """Wait until the peer closes the tunnel; the close code it sent."""
-        return await _wait_closed(self.ws, within, self.conn)
+        code, self.close_reason = await _wait_closed(self.ws, within, self.conn)
+        return code
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
