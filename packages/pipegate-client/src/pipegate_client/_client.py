@@ -16,13 +16,13 @@ from pipegate_protocol import (
     ProtocolVersion,
     public_url_for,
 )
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from ._backoff import Backoff
 from ._local import LocalApp
 from ._settings import ClientSettings
-from ._tunnel import AGENT, TunnelSession
+from ._tunnel import AGENT, TunnelConnection, TunnelSession
 from .errors import (
     ConfigurationError,
     TokenRefusedError,
@@ -119,8 +119,8 @@ class TunnelClient:
         logger.info("[%s] stopped", self.connection_id)
 
     async def _until_stopped(
-        self, coro: Coroutine[Any, Any, ClientConnection]
-    ) -> ClientConnection | None:
+        self, coro: Coroutine[Any, Any, TunnelConnection]
+    ) -> TunnelConnection | None:
         """Run a connection attempt unless stop() comes first (then ``None``)."""
         attempt = asyncio.ensure_future(coro)
         stopper = asyncio.ensure_future(self._stopping.wait())
@@ -145,7 +145,7 @@ class TunnelClient:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
 
-    async def _connect(self) -> ClientConnection:
+    async def _connect(self) -> TunnelConnection:
         settings = self.settings
         try:
             websocket = await connect(
@@ -161,6 +161,7 @@ class TunnelClient:
                 max_size=settings.max_frame_size + FRAME_HEADER_SIZE,
                 write_limit=256 * 1024,
                 ssl=settings.server_ssl_context(),
+                create_connection=TunnelConnection,
             )
         except InvalidStatus as exc:
             raise self._refusal(exc) from None
@@ -176,6 +177,7 @@ class TunnelClient:
                 f"the server at {settings.server_url} accepted the WebSocket without the "
                 f"{ProtocolVersion.V1.value} subprotocol; it is not a compatible PipeGate server"
             )
+        assert isinstance(websocket, TunnelConnection)  # create_connection above
         return websocket
 
     def _refusal(self, exc: InvalidStatus) -> Exception:

@@ -21,8 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipegate_protocol import (
@@ -52,13 +51,47 @@ from ._settings import ClientSettings
 from ._stream import StreamChannel, StreamGone
 from ._websocket import relay_websocket
 
-__all__ = ["SessionOutcome", "TunnelSession"]
-
-_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+__all__ = ["SessionOutcome", "TunnelConnection", "TunnelSession"]
 
 logger = logging.getLogger("pipegate_client")
 
 AGENT = "pipegate-client/1.0"
+
+
+class TunnelConnection(ClientConnection):
+    """The tunnel WebSocket, able to send several messages in one socket write.
+
+    A small response is a head and a body frame: written together, they cost one
+    system call instead of two and wake the server once (the connection is created by
+    ``connect(..., create_connection=TunnelConnection)``).
+    """
+
+    async def send_many(self, messages: Sequence[str | bytes]) -> None:
+        """Send ``messages`` in order (str as text, bytes as binary), in one write."""
+        async with self.send_context():
+            protocol = self.protocol
+            for message in messages:
+                if isinstance(message, str):
+                    protocol.send_text(message.encode())
+                else:
+                    protocol.send_binary(message)
+
+    def send_data(self) -> None:
+        """Write what the protocol produced: frames in one ``writelines`` (a single
+        writev on uvloop), then the half-close an empty item asks for, as the library
+        does it."""
+        writes = self.protocol.data_to_send()
+        frames = [data for data in writes if data]
+        if len(frames) > 1:
+            self.transport.writelines(frames)
+        elif frames:
+            self.transport.write(frames[0])
+        if len(frames) < len(writes):
+            if self.transport.can_write_eof():
+                with contextlib.suppress(Exception):  # uvloop may raise RuntimeError
+                    self.transport.write_eof()
+            else:  # pragma: no cover - TLS
+                self.transport.close()
 
 
 @dataclass
@@ -81,7 +114,7 @@ class TunnelSession:
 
     def __init__(
         self,
-        websocket: ClientConnection,
+        websocket: TunnelConnection,
         settings: ClientSettings,
         local: LocalApp,
         *,
@@ -119,11 +152,7 @@ class TunnelSession:
             if len(messages) == 1:
                 await self.websocket.send(messages[0])
             elif messages:
-                # Several small messages (a response head and its body): cork the socket
-                # so they leave in one TCP segment and wake the server once, not twice.
-                with _corked(self.websocket):
-                    for message in messages:
-                        await self.websocket.send(message)
+                await self.websocket.send_many(messages)
 
     def kick(self) -> None:
         self._kicked.set()
@@ -347,22 +376,3 @@ class TunnelSession:
         finally:
             with contextlib.suppress(Exception):
                 await self.websocket.close(int(CloseCode.NORMAL), "client shut down")
-
-
-@contextlib.contextmanager
-def _corked(websocket: ClientConnection) -> Iterator[None]:
-    """Hold back partial TCP segments while several messages are written (Linux)."""
-    sock = websocket.transport.get_extra_info("socket") if _TCP_CORK is not None else None
-    if sock is None or _TCP_CORK is None:
-        yield
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
