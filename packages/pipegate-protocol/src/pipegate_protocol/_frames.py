@@ -75,7 +75,9 @@ def encode(message: Message) -> str | bytes:
     if isinstance(message, WebSocketData):
         kind = (_KIND_WS_TEXT if message.text else _KIND_WS_BINARY) | (_FIN if message.fin else 0)
         return _HEADER.pack(kind, message.stream_id) + message.data
-    return CONTROL_MESSAGE_ADAPTER.dump_json(message).decode("utf-8")
+    # The model's own serializer gives the same JSON as the union adapter at less than
+    # half the cost: the adapter first works out which member of the union it has.
+    return message.model_dump_json()
 
 
 def decode(payload: str | bytes) -> Message:
