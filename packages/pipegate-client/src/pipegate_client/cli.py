@@ -166,6 +166,17 @@ def _run(main_coroutine: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main_coroutine)
 
 
+def _lean_log_records() -> None:
+    """Skip the log record fields our format does not print (caller's frame, thread,
+    process): the line logged per request is on the hot path, and this saves about
+    3 us a line (the "Optimization" section of the logging HOWTO). Process-wide, so
+    only done when the client is about to run."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -178,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         client = TunnelClient(settings)
+        _lean_log_records()
         _run(_serve(client))
     except ClientError as exc:
         print(f"pipegate-client: {exc}", file=sys.stderr)
