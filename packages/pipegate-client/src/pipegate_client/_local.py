@@ -212,17 +212,16 @@ def _describe(exc: BaseException) -> str:
     return text[:200]
 
 
-def request_headers(channel: StreamChannel, app: LocalApp) -> CIMultiDict[str]:
+def request_headers(channel: StreamChannel, app: LocalApp) -> list[tuple[str, str]]:
     """Headers for the local app: the caller's, minus hop-by-hop, ``Host`` (aiohttp
     sets it to the local URL's authority; the original is in X-Forwarded-Host) and
     ``Expect`` (the body is already on its way; waiting for a 100 from the local app
     could stall an app that never sends one)."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in strip_hop_by_hop(channel.open.headers):
-        if name.lower() in ("host", "expect"):
-            continue
-        headers.add(name, app.head_str(value))
-    return headers
+    return [
+        (name, app.head_str(value))
+        for name, value in strip_hop_by_hop(channel.open.headers)
+        if name.lower() not in ("host", "expect")
+    ]
 
 
 #: Failures of a local call. ValueError: aiohttp and yarl refuse a URL or header that

@@ -52,9 +52,10 @@ class StreamChannel:
         self.link = link
         self.open = open_message
         self.stream_id = open_message.stream_id
-        #: Body data, WebSocket data and WebSocket close from the server, in order.
-        self.inbox: asyncio.Queue[InboxItem] = asyncio.Queue()
-        self._window_changed = asyncio.Event()
+        # Created on first use: most streams (a GET) never receive anything after their
+        # open, nor wait for window.
+        self._inbox: asyncio.Queue[InboxItem] | None = None
+        self._window_changed: asyncio.Event | None = None
         #: Response body bytes sent so far (for the request log line).
         self.bytes_sent = 0
         #: Request body bytes handed to the local app so far.
@@ -63,9 +64,25 @@ class StreamChannel:
 
     # ------------------------------------------------------------ for the tunnel
 
+    @property
+    def inbox(self) -> asyncio.Queue[InboxItem]:
+        """Body data, WebSocket data and WebSocket close from the server, in order."""
+        if self._inbox is None:
+            self._inbox = asyncio.Queue()
+        return self._inbox
+
     def wake(self) -> None:
         """Window grew, or the stream or tunnel ended: re-check what may be sent."""
-        self._window_changed.set()
+        if self._window_changed is not None:
+            self._window_changed.set()
+
+    async def _window_wait(self) -> None:
+        """Wait for :meth:`wake`; callers re-check the window first, then call this."""
+        if self._window_changed is None:
+            self._window_changed = asyncio.Event()
+        else:
+            self._window_changed.clear()
+        await self._window_changed.wait()
 
     # ------------------------------------------------------------ for handlers
 
@@ -102,8 +119,7 @@ class StreamChannel:
             size = min(conn.send_window(self.stream_id), conn.max_data_size)
             if size > 0:
                 return size
-            self._window_changed.clear()
-            await self._window_changed.wait()
+            await self._window_wait()
 
     async def send_body(self, data: bytes, *, end_stream: bool = False) -> None:
         """Send body bytes, split to fit the window and frame size; waits for credit."""
@@ -189,8 +205,7 @@ class StreamChannel:
             remaining = len(view) - offset
             size = min(remaining, conn.send_window(self.stream_id), conn.max_data_size)
             if size == 0 and remaining > 0:
-                self._window_changed.clear()
-                await self._window_changed.wait()
+                await self._window_wait()
                 continue
             piece = bytes(view[offset : offset + size])
             offset += size

@@ -136,6 +136,8 @@ class TunnelSession:
         self._channels: dict[int, StreamChannel] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._send_lock = asyncio.Lock()
+        #: Messages taken from the core by :meth:`kick`, sent before anything newer.
+        self._pending: list[str | bytes] = []
         self._kicked = asyncio.Event()
         self._idle = asyncio.Event()
         self._established = asyncio.Event()
@@ -148,14 +150,23 @@ class TunnelSession:
 
     async def flush(self) -> None:
         async with self._send_lock:
-            messages = self.conn.data_to_send()
+            messages, self._pending = self._pending, []
+            messages.extend(self.conn.data_to_send())
             if len(messages) == 1:
                 await self.websocket.send(messages[0])
             elif messages:
                 await self.websocket.send_many(messages)
 
     def kick(self) -> None:
-        self._kicked.set()
+        """Have the writer task send what the core queued; no wake-up for nothing.
+
+        Most received messages (an open, body data) and most acknowledgements queue
+        no output, and waking the writer for them cost a task switch each.
+        """
+        messages = self.conn.data_to_send()
+        if messages:
+            self._pending.extend(messages)
+            self._kicked.set()
 
     async def _writer(self) -> None:
         while True:
