@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import secrets
 import shlex
@@ -70,6 +71,21 @@ def sha256_of(chunks: Iterable[bytes]) -> tuple[int, str]:
         digest.update(chunk)
         length += len(chunk)
     return length, digest.hexdigest()
+
+
+def download_across(url: str, during: Callable[[], None]) -> tuple[int, int, str]:
+    """Stream a download from ``url``, call ``during`` once the first chunk arrived
+    (e.g. to signal a process mid-transfer), then read the rest.
+
+    Returns ``(status, length, sha256)`` of what arrived, so a test can prove that the
+    event in the middle lost nothing.
+    """
+    with httpx.Client(timeout=30) as http, http.stream("GET", url) as response:
+        chunks = response.iter_bytes()
+        first = next(chunks, b"")
+        during()
+        length, digest = sha256_of(itertools.chain([first], chunks))
+        return response.status_code, length, digest
 
 
 def wait_until(

@@ -8,12 +8,18 @@ is bounded, far below the pytest timeout).
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import signal
 import time
 
 import httpx
-from e2e_support import MiB, TunnelFactory, expected_sha256, sha256_of, wait_relaying
+from e2e_support import (
+    MiB,
+    TunnelFactory,
+    download_across,
+    expected_sha256,
+    sha256_of,
+    wait_relaying,
+)
 from pipegate_conformance.harness import free_port
 
 PROMPT = 10.0  # seconds a caller may wait for an error after its tunnel broke
@@ -108,15 +114,13 @@ def test_client_sigterm_finishes_in_flight_download_and_exits_0(tunnels: TunnelF
     tunnel = tunnels.tunnel("leaving")
     assert tunnel.client is not None
     size = 64 * MiB
-    with (
-        httpx.Client(timeout=30) as http,
-        http.stream("GET", f"{tunnel.public_url}/bytes/{size}") as response,
-    ):
-        assert response.status_code == 200
-        chunks = response.iter_bytes()
-        first = next(chunks)
-        tunnel.client.signal(signal.SIGTERM)
+    client = tunnel.client
+
+    def leave() -> None:
+        client.signal(signal.SIGTERM)
         time.sleep(0.5)
-        length, digest = sha256_of(itertools.chain([first], chunks))
+
+    status, length, digest = download_across(f"{tunnel.public_url}/bytes/{size}", leave)
+    assert status == 200
     assert (length, digest) == (size, expected_sha256(size))
     assert tunnel.client.wait(timeout=30) == 0, tunnel.client.output()[-3000:]

@@ -15,6 +15,7 @@ import httpx
 from e2e_support import (
     MiB,
     TunnelFactory,
+    download_across,
     expected_sha256,
     probe_status,
     sha256_of,
@@ -47,18 +48,18 @@ def test_server_sigterm_completes_in_flight_50mib_download(tunnels: TunnelFactor
     assert tunnel.server is not None
     assert tunnel.client is not None
     size = 50 * MiB
-    with (
-        httpx.Client(timeout=30) as http,
-        http.stream("GET", f"{tunnel.public_url}/bytes/{size}") as response,
-    ):
-        assert response.status_code == 200
-        chunks = response.iter_bytes()
-        first = next(chunks)
-        tunnel.server.signal(signal.SIGTERM)
+    server = tunnel.server
+    late: list[int] = []
+
+    def drain() -> None:
+        server.signal(signal.SIGTERM)
         time.sleep(0.5)
-        # New work is refused while draining (or the listener is already closed).
-        assert probe_status(f"{tunnel.public_url}/echo/late", timeout=5) in (-1, 503)
-        length, digest = sha256_of(itertools.chain([first], chunks))
+        late.append(probe_status(f"{tunnel.public_url}/echo/late", timeout=5))
+
+    status, length, digest = download_across(f"{tunnel.public_url}/bytes/{size}", drain)
+    assert status == 200
+    # New work is refused while draining (or the listener is already closed).
+    assert late[0] in (-1, 503)
     assert (length, digest) == (size, expected_sha256(size))
     code = tunnel.server.wait(timeout=25)
     assert code is not None, "server still running after its grace period"
