@@ -13,6 +13,9 @@ uvicorn closes idle keep-alive connections, but not a new connection that sends
 nothing or a request head that never completes (slowloris). This protocol closes a
 connection whose request head is not complete ``head_timeout`` seconds after the
 connection opened or the head began.
+
+Its transport is a :class:`~pipegate_server._cork.CorkedTransport`, which gathers the
+writes of one loop turn into one system call.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+
+from ._cork import CorkedTransport
 
 logger = logging.getLogger("pipegate.server")
 
@@ -52,7 +57,9 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0) -> Any:
             self._head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
+            # Corked: a response head and body (and, once upgraded, the tunnel
+            # messages of one loop turn) leave in one system call (see _cork).
+            super().connection_made(CorkedTransport(transport))
             self._start_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
