@@ -4,14 +4,19 @@ The whole tree::
 
     ClientError                    something stops the client from doing its job
     ├── ConfigurationError         the settings are unusable (bad URL, no token...)    exit 2
-    └── HandshakeRefusedError      the server refused the tunnel for good (.status)
-        ├── TokenRefusedError      401/403: the token is missing or wrong               exit 3
-        └── VersionRefusedError    400 or no subprotocol: no common protocol version    exit 4
+    ├── HandshakeRefusedError      the server refused the tunnel for good (.status)
+    │   ├── TokenRefusedError      401/403: the token is missing or wrong               exit 3
+    │   └── VersionRefusedError    400 or no subprotocol: no common protocol version    exit 4
+    └── LocalAppError              a call to the local app failed (.reason, one line)
+        ├── LocalConnectError      no connection: refused, timed out, unknown name, TLS
+        ├── LocalRequestError      the request cannot be written as HTTP/1.1
+        └── LocalResponseError     the local app closed the connection or broke HTTP/1.1
 
 Errors the client recovers from by itself (the server is down, restarts, sends a
 broken frame, refuses a duplicate id with 409) never leave :meth:`TunnelClient.run`;
 they are logged and followed by a reconnect with backoff. Failures of the local app
-never leave a stream: the caller gets a 502 or a reset instead.
+(:class:`LocalAppError`) never leave a stream: the caller gets a 502 with the reason
+(before the response head) or a reset (after it) instead.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ __all__ = [
     "ClientError",
     "ConfigurationError",
     "HandshakeRefusedError",
+    "LocalAppError",
+    "LocalConnectError",
+    "LocalRequestError",
+    "LocalResponseError",
     "TokenRefusedError",
     "VersionRefusedError",
 ]
@@ -59,3 +68,27 @@ class VersionRefusedError(HandshakeRefusedError):
     """The server speaks no protocol version this client speaks."""
 
     exit_code = 4
+
+
+class LocalAppError(ClientError):
+    """A call to the local app failed; :attr:`reason` says why in a few lower-case
+    words, for the 502 body and the log line (e.g. ``"connection refused"``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LocalConnectError(LocalAppError):
+    """No connection to the local app: refused, timed out, unknown host, TLS failure.
+    The local app is *unreachable*; nothing was sent."""
+
+
+class LocalRequestError(LocalAppError):
+    """The request cannot be written as HTTP/1.1: CR, LF or NUL in a field, a character
+    above U+00FF, or a body that does not match its ``Content-Length``."""
+
+
+class LocalResponseError(LocalAppError):
+    """The local app closed the connection before the end of its response, or sent
+    something that is not HTTP/1.1."""
