@@ -150,6 +150,8 @@ def encode_request_head(
         parts += (name, ": ", value, "\r\n")
         if len(name) == 14 and name.lower() == "content-length":
             lengths = [value] if lengths is None else [*lengths, value]
+    # Request line, Host, the headers, the empty line: one line feed each.
+    lines = len(headers) + 3
     declared: int | None = None
     if lengths is not None:
         declared = _declared_length(lengths)
@@ -159,11 +161,15 @@ def encode_request_head(
             )
     elif has_body:
         parts.append("Transfer-Encoding: chunked\r\n")
+        lines += 1
     elif method not in _NO_LENGTH_METHODS:
         parts.append("Content-Length: 0\r\n")
+        lines += 1
     parts.append("\r\n")
     head = "".join(parts)
-    if _HEAD.fullmatch(head) is None:
+    # The pattern checks the structure in one pass; the line count proves that no
+    # field carried a line break of its own (a value "a\r\nX: y" fits the pattern).
+    if _HEAD.fullmatch(head) is None or head.count("\n") != lines:
         _explain_bad_head(method, target, host, headers)
     try:
         return head.encode("latin-1"), declared
