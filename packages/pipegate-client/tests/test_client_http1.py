@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import trustme
 from pipegate_client._http1 import (
     BUFFER_HIGH_WATER,
     HTTP1Pool,
@@ -90,7 +92,8 @@ class RawOrigin:
         self.connections: list[RawConnection] = []
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: Serve TLS with this context when set.
+        self.ssl: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
@@ -107,7 +110,7 @@ class RawOrigin:
             writer.close()
 
     async def __aenter__(self) -> RawOrigin:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -358,6 +361,24 @@ async def test_http1_response_framings() -> None:
             (304, [(b"Content-Length", b"10")], b""),
         ]
         assert len(origin.connections) == 1  # all four on one kept-alive connection
+
+
+async def test_http1_chunked_trailers_are_not_response_headers() -> None:
+    async def handler(connection: RawConnection, _index: int) -> None:
+        await connection.next_head()
+        await connection.send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n"
+        )
+        await keep_answering(connection, 0)
+
+    async with pool_for(handler) as (origin, pool):
+        response = await pool.request("GET", "/", [])
+        assert await read_all(response) == b"ok"
+        assert response.headers == [(b"Transfer-Encoding", b"chunked")]
+        response = await pool.request("GET", "/", [])
+        assert await read_all(response) == b"ok"
+        assert len(origin.connections) == 1
 
 
 async def test_http1_close_delimited_body_ends_at_eof() -> None:
@@ -646,6 +667,52 @@ async def test_http1_connection_refused_is_a_connect_error(unused_port: int) -> 
         assert pool.connections == set()
     finally:
         await pool.aclose()
+
+
+async def _tls_origin(ca: trustme.CA) -> RawOrigin:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    origin = RawOrigin(keep_answering)
+    origin.ssl = server_context
+    return origin
+
+
+async def test_http1_https_origin_verified_with_its_ca() -> None:
+    ca = trustme.CA()
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with await _tls_origin(ca) as origin:
+        pool = HTTP1Pool(
+            Origin(f"https://127.0.0.1:{origin.port}"),
+            max_connections=2,
+            connect_timeout=WAIT,
+            ssl_context=client_context,
+        )
+        try:
+            for _ in range(2):
+                response = await pool.request("GET", "/tls", [])
+                assert await read_all(response) == b"ok"
+            assert len(origin.connections) == 1
+            assert (
+                origin.connections[0]
+                .heads[0]
+                .startswith(b"GET /tls HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % origin.port)
+            )
+        finally:
+            await pool.aclose()
+
+
+async def test_http1_https_origin_with_unknown_ca_is_a_connect_error() -> None:
+    async with await _tls_origin(trustme.CA()) as origin:
+        pool = HTTP1Pool(
+            Origin(f"https://127.0.0.1:{origin.port}"), max_connections=2, connect_timeout=WAIT
+        )
+        try:
+            with pytest.raises(LocalConnectError) as refused:
+                await pool.request("GET", "/", [])
+            assert refused.value.reason.startswith("TLS certificate verification failed: ")
+        finally:
+            await pool.aclose()
 
 
 # ---------------------------------------------------------------------- uvloop

@@ -229,7 +229,7 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: {exc.verify_message}"
+        return f"TLS certificate verification failed: {exc.verify_message}"
     strerror = getattr(exc, "strerror", None)
     if isinstance(strerror, str) and strerror:
         return strerror.lower()
@@ -492,6 +492,7 @@ class HTTP1Connection(asyncio.Protocol):
             return  # interim (100 Continue, 103 Early Hints): wait for the final head
         response = HTTP1Response(self, status, self._headers, parser.get_http_version())
         self._response = response
+        self._headers = []  # trailers of a chunked body, if any, are not kept
         if status == 101 or self._head_request:
             # No body follows: a HEAD answer (llhttp would wait for one), or a 101 on
             # a plain request, which the caller refuses. The connection is not reused.
@@ -502,7 +503,7 @@ class HTTP1Connection(asyncio.Protocol):
             return
         chunked = False
         has_length = False
-        for name, value in self._headers:
+        for name, value in response.headers:
             if len(name) == 14 and name.lower() == b"content-length":
                 has_length = True
             elif len(name) == 17 and name.lower() == b"transfer-encoding":
