@@ -23,6 +23,7 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pipegate_protocol import (
     CAPABILITY_WEBSOCKET,
@@ -59,15 +60,24 @@ AGENT = "pipegate-client/1.0"
 
 
 class TunnelConnection(ClientConnection):
-    """The tunnel WebSocket, able to send several messages in one socket write.
+    """The tunnel WebSocket, writing each loop turn's frames in one system call.
 
-    A small response is a head and a body frame: written together, they cost one
-    system call instead of two and wake the server once (the connection is created by
-    ``connect(..., create_connection=TunnelConnection)``).
+    On loopback a socket write costs far more than the Python around it, and a small
+    response is two messages (head and body). Frames are therefore not written when
+    the library produces them but gathered until the end of the current loop turn
+    (one ``call_soon``) and written together: the responses of every stream that
+    finished in that turn leave in one ``writev`` and wake the server once. Order is
+    kept, and backpressure still works, since the library's ``drain`` follows the
+    real transport's buffer. (The connection is created by
+    ``connect(..., create_connection=TunnelConnection)``.)
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._corked: list[bytes] = []
+
     async def send_many(self, messages: Sequence[str | bytes]) -> None:
-        """Send ``messages`` in order (str as text, bytes as binary), in one write."""
+        """Send ``messages`` in order (str as text, bytes as binary)."""
         async with self.send_context():
             protocol = self.protocol
             for message in messages:
@@ -77,21 +87,31 @@ class TunnelConnection(ClientConnection):
                     protocol.send_binary(message)
 
     def send_data(self) -> None:
-        """Write what the protocol produced: frames in one ``writelines`` (a single
-        writev on uvloop), then the half-close an empty item asks for, as the library
-        does it."""
+        """Queue what the protocol produced for the end-of-turn write; a half-close
+        it asks for (an empty item) writes what is queued first, then happens at once,
+        as the library does it."""
         writes = self.protocol.data_to_send()
-        frames = [data for data in writes if data]
-        if len(frames) > 1:
-            self.transport.writelines(frames)
-        elif frames:
+        for data in writes:
+            if data:
+                if not self._corked:
+                    self.loop.call_soon(self._write_corked)
+                self._corked.append(data)
+            else:
+                self._write_corked()
+                if self.transport.can_write_eof():
+                    with contextlib.suppress(Exception):  # uvloop may raise RuntimeError
+                        self.transport.write_eof()
+                else:  # pragma: no cover - TLS
+                    self.transport.close()
+
+    def _write_corked(self) -> None:
+        frames, self._corked = self._corked, []
+        if not frames or self.transport.is_closing():
+            return
+        if len(frames) == 1:
             self.transport.write(frames[0])
-        if len(frames) < len(writes):
-            if self.transport.can_write_eof():
-                with contextlib.suppress(Exception):  # uvloop may raise RuntimeError
-                    self.transport.write_eof()
-            else:  # pragma: no cover - TLS
-                self.transport.close()
+        else:
+            self.transport.writelines(frames)  # one writev on uvloop
 
 
 @dataclass
