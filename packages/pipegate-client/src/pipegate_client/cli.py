@@ -17,6 +17,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from ._client import TunnelClient
+from ._logging import TurnBufferedHandler
 from ._settings import DEFAULT_LOCAL_URL, ClientSettings
 from .errors import ClientError, ConfigurationError
 
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[TurnBufferedHandler(sys.stderr)],
     )
     if args.log_level != "debug":
         logging.getLogger("websockets").setLevel(logging.WARNING)

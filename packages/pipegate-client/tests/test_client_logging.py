@@ -1,0 +1,70 @@
+"""The per-request log lines of one loop turn leave in one write."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+from pipegate_client._logging import TurnBufferedHandler
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def _logger(stream: CountingStream) -> logging.Logger:
+    logger = logging.getLogger(f"pipegate_client.test.{id(stream)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = TurnBufferedHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return logger
+
+
+async def test_lines_of_one_turn_are_written_together_at_its_end() -> None:
+    stream = CountingStream()
+    logger = _logger(stream)
+    logger.info("first %d", 1)
+    logger.warning("second")
+    assert stream.writes == []  # nothing yet: the turn is not over
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert stream.writes == ["INFO first 1\nWARNING second\n"]
+    logger.info("third")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert stream.writes[1:] == ["INFO third\n"]
+
+
+def test_without_a_running_loop_each_line_is_written_at_once() -> None:
+    stream = CountingStream()
+    logger = _logger(stream)
+    logger.info("alone")
+    assert stream.getvalue() == "INFO alone\n"
+
+
+async def test_flush_writes_what_is_buffered() -> None:
+    stream = CountingStream()
+    logger = _logger(stream)
+    logger.info("pending")
+    for handler in logger.handlers:
+        handler.flush()  # what logging.shutdown() does at exit
+    assert stream.getvalue() == "INFO pending\n"
+
+
+async def test_a_closed_stream_loses_lines_quietly() -> None:
+    stream = CountingStream()
+    logger = _logger(stream)
+    stream.close()
+    logger.info("into the void")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert stream.writes == ["INFO into the void\n"]  # attempted once, error swallowed
