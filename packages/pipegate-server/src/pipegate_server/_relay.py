@@ -63,7 +63,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _DRAIN_BYTES = 4 * 1024 * 1024
 _DRAIN_SECONDS = 2.0
 #: A request without a body starts watching for its caller leaving only after this.
-_WATCH_DELAY = 0.02
+_WATCH_DELAY = 0.25
 
 
 async def _drain_body(receive: ASGIReceive) -> None:
