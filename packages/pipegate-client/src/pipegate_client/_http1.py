@@ -98,7 +98,8 @@ class Origin:
     """Where requests go: scheme, host, port and the ``Host`` header to send.
 
     Built from the local URL; a path in it is the caller's business (it prefixes the
-    request target), userinfo becomes ``Authorization: Basic`` as aiohttp did.
+    request target). Userinfo becomes ``Authorization: Basic``, in place of any the
+    caller sent, as aiohttp did.
     """
 
     __slots__ = ("authorization", "host", "host_header", "port", "scheme")
@@ -338,6 +339,8 @@ class HTTP1Response:
     # ------------------------------------------------------------ for the connection
 
     def _feed(self, data: bytes) -> None:
+        if not data:
+            return  # an empty piece in the deque would read as the end of the body
         self._chunks.append(data)
         self.buffered += len(data)
         self._wake()
@@ -822,9 +825,12 @@ class HTTP1Pool:
             self._waiters.append(waiter)
             try:
                 await waiter
-            finally:
+            except BaseException:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+                elif not waiter.cancelled():
+                    self._wake_waiter()  # pass on a wake-up this task cannot use
+                raise
 
     async def _connect(self) -> HTTP1Connection:
         origin = self.origin
@@ -840,11 +846,13 @@ class HTTP1Pool:
                     ssl=self.ssl_context,
                     server_hostname=origin.host if self.ssl_context is not None else None,
                 )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise LocalConnectError(describe_failure(exc)) from exc
-        finally:
+        except BaseException as exc:
             self._opening -= 1
-            self._wake_waiter()
+            self._wake_waiter()  # the room this attempt held is free again
+            if isinstance(exc, OSError | TimeoutError):  # ssl.SSLError is an OSError
+                raise LocalConnectError(describe_failure(exc)) from exc
+            raise
+        self._opening -= 1
         if connection.state == _CLOSED:  # closed during the TLS handshake's aftermath
             raise LocalConnectError("it closed the connection without answering")
         self.connections.add(connection)
