@@ -72,6 +72,17 @@ def _measure(url: str, pids: dict[str, int], args: argparse.Namespace) -> dict[s
 
 
 def _round(label: str, server: str | None, client: str | None, args: argparse.Namespace) -> Any:
+    """One round; a start that fails (e.g. a free port taken meanwhile) is retried once."""
+    try:
+        return _round_once(label, server, client, args)
+    except HarnessError as exc:
+        print(f"round {label}: start failed ({exc}); retrying once", flush=True)
+        return _round_once(label, server, client, args)
+
+
+def _round_once(
+    label: str, server: str | None, client: str | None, args: argparse.Namespace
+) -> Any:
     with ProcessGroup() as group:
         tunnel = start_tunnel(
             group,

@@ -1,10 +1,9 @@
 """A transport that gathers the writes of one event-loop turn into one system call.
 
-uvicorn writes a response head and its body as two ``transport.write`` calls, and the
-tunnel WebSocket one call per message. On loopback a ``send`` costs far more than the
-Python around it (the kernel runs the receiver's TCP input in the sender's call), so a
-small relayed response paid for two sends to its caller, and the opens of the
-requests that arrived together paid for one send each to the tunnel client.
+uvicorn writes a response head and its body as two ``transport.write`` calls. On
+loopback a ``send`` costs as much as a good part of the Python around it (the kernel
+runs the receiver's TCP input in the sender's call), so a small relayed response
+paid for two sends to its caller.
 
 :class:`CorkedTransport` queues writes and sends them with one ``writelines`` (a
 single ``writev`` on uvloop) from a callback scheduled for the end of the current
@@ -12,6 +11,12 @@ loop turn: nothing waits longer than the code that is already running, bytes kee
 their order, and ``close``/``write_eof`` send what is queued first. The queue holds
 only what was written since the last callback, so it adds no unbounded buffering;
 backpressure (``pause_writing``) still comes from the real transport.
+
+It serves the public HTTP connections only. A tunnel WebSocket writes through: there,
+holding the opens of a turn for one write saved CPU but cost throughput, because the
+client sat idle until the batch arrived. Measured with ``benchmarks/ab_tunnel.py`` at
+concurrency 64 (6 rounds): corking everything gave 6% fewer requests per second than
+corking nothing; corking only the callers' connections gave 7% more.
 """
 
 from __future__ import annotations

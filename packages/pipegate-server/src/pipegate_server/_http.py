@@ -15,7 +15,7 @@ connection whose request head is not complete ``head_timeout`` seconds after the
 connection opened or the head began.
 
 Its transport is a :class:`~pipegate_server._cork.CorkedTransport`, which gathers the
-writes of one loop turn into one system call.
+writes of one loop turn into one system call, until a WebSocket upgrade.
 """
 
 from __future__ import annotations
@@ -57,10 +57,17 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0) -> Any:
             self._head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:
-            # Corked: a response head and body (and, once upgraded, the tunnel
-            # messages of one loop turn) leave in one system call (see _cork).
+            # Corked: a response head and its body leave in one system call (_cork).
             super().connection_made(CorkedTransport(transport))
             self._start_head_timer()
+
+        def handle_websocket_upgrade(self) -> None:
+            # A WebSocket (a tunnel above all) gets the real transport: holding its
+            # frames to the end of the turn makes the peer wait (see _cork).
+            if isinstance(self.transport, CorkedTransport):
+                self.transport.flush()
+                self.transport = self.transport.wrapped
+            super().handle_websocket_upgrade()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()

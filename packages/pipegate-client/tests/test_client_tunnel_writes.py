@@ -1,4 +1,5 @@
-"""The tunnel WebSocket writes the frames of one loop turn in one system call."""
+"""The tunnel WebSocket writes a head and its body in one system call, and holds
+nothing back for later."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ async def _echo(websocket: ServerConnection) -> None:
         await websocket.send(message)
 
 
-async def test_sends_of_one_turn_leave_in_one_write_and_in_order() -> None:
+async def test_send_many_is_one_write_and_single_sends_are_not_delayed() -> None:
     async with serve(_echo, "127.0.0.1", 0, compression=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         async with connect(
@@ -40,12 +41,12 @@ async def test_sends_of_one_turn_leave_in_one_write_and_in_order() -> None:
 
             transport.write = counting_write  # type: ignore[method-assign]
             transport.writelines = counting_writelines  # type: ignore[method-assign,assignment]
-            await asyncio.gather(
-                websocket.send("head-1"),
-                websocket.send(b"body-1"),
-                websocket.send_many(["head-2", b"body-2"]),
-            )
-            assert writes == [4]  # four frames from three senders, one writev
+            await websocket.send_many(["head-1", b"body-1"])
+            assert writes == [2]  # two frames, one writev, already written
+            await websocket.send("head-2")
+            assert writes == [2, 1]
+            await websocket.send(b"body-2")
+            assert writes == [2, 1, 1]
             received = [await asyncio.wait_for(websocket.recv(), 5) for _ in range(4)]
             assert received == ["head-1", b"body-1", "head-2", b"body-2"]
 
