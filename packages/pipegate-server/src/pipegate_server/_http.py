@@ -28,7 +28,7 @@ from ._cork import CorkedTransport
 
 logger = logging.getLogger("pipegate.server")
 
-__all__ = ["http_protocol_class"]
+__all__ = ["http_protocol_class", "ws_protocol_class"]
 
 #: Bytes of a request head buffered for a possible hand-over; beyond that, no fallback.
 _MAX_BUFFERED_HEAD = 64 * 1024
@@ -140,3 +140,53 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0) -> Any:
             protocol.data_received(head)
 
     return MethodTolerantHttpToolsProtocol
+
+
+#: A WebSocket's received messages waiting for the app before reading pauses ...
+_WS_HIGH_WATER = 64
+#: ... and the count at which it resumes.
+_WS_LOW_WATER = 16
+
+
+def ws_protocol_class() -> Any:
+    """The uvicorn ``ws`` setting: websockets-sansio with flow control by queue depth.
+
+    uvicorn's websockets-sansio protocol pauses reading after *every* message it
+    queues for the app and resumes once the app emptied the queue. For a tunnel,
+    which receives a response head and a body message per request, that is two
+    changes of the socket's poll registration per burst of input, and input waits
+    in the kernel until the tunnel's reader has caught up. This subclass pauses only
+    above :data:`_WS_HIGH_WATER` queued messages, which still bounds the memory a
+    peer can make us hold (the tunnel's reader consumes without waiting, and each
+    message is at most one frame). Falls back to uvicorn's choice when this uvicorn
+    has no websockets-sansio protocol.
+    """
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import (
+            WebSocketsSansIOProtocol,
+        )
+    except ImportError:  # pragma: no cover - depends on the installation
+        return "auto"
+
+    class QueueDepthWebSocketProtocol(WebSocketsSansIOProtocol):
+        """websockets-sansio, pausing reads by queue depth rather than per message."""
+
+        def send_receive_event_to_app(self) -> None:
+            paused = self.read_paused
+            self.read_paused = True  # keeps the base class from pausing here
+            try:
+                super().send_receive_event_to_app()
+            finally:
+                self.read_paused = paused
+            if not paused and self.queue.qsize() > _WS_HIGH_WATER:
+                self.read_paused = True
+                self.transport.pause_reading()
+
+        async def receive(self) -> Any:
+            message = await self.queue.get()
+            if self.read_paused and self.queue.qsize() <= _WS_LOW_WATER:
+                self.read_paused = False
+                self.transport.resume_reading()
+            return message
+
+    return QueueDepthWebSocketProtocol

@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 
 from ._app import Gateway, __version__, create_app
-from ._http import http_protocol_class
+from ._http import http_protocol_class, ws_protocol_class
 from ._settings import ServerSettings
 from .errors import ConfigurationError
 
@@ -265,7 +265,7 @@ def uvicorn_config(
         date_header=False,
         lifespan="on",
         http=http_protocol_class(http, settings.head_timeout),
-        **overrides,
+        **{"ws": ws_protocol_class(), **overrides},
     )
 
 
