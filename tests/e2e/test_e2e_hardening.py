@@ -259,7 +259,7 @@ def test_idle_callers_are_disconnected(tunnels: TunnelFactory) -> None:
 
 def test_tunnel_without_hello_is_closed(tunnels: TunnelFactory) -> None:
     """An accepted tunnel upgrade whose client never says hello is closed (4004)."""
-    _, port = tunnels.server()
+    _, port = tunnels.server("--hello-timeout", "1")
     with connect(
         f"ws://127.0.0.1:{port}/mute",
         additional_headers={"authorization": f"Bearer {tunnels.token}"},
@@ -267,7 +267,9 @@ def test_tunnel_without_hello_is_closed(tunnels: TunnelFactory) -> None:
         open_timeout=10,
     ) as ws:
         ws.recv(timeout=10)  # the server's hello; ours never comes
+        started = time.monotonic()
         assert _close_code_within(ws, 30.0) == 4004
+        assert time.monotonic() - started < 10, "closed, but not after --hello-timeout"
 
 
 def _close_code_within(ws: ClientConnection, seconds: float) -> int | None:

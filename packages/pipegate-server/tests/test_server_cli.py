@@ -114,3 +114,13 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_timeouts_reach_the_settings() -> None:
+    args = build_parser().parse_args(
+        ["--client-token", "t", "--hello-timeout", "1.5", "--head-timeout", "3"]
+    )
+    settings = settings_from_args(args, {})
+    assert settings.hello_timeout == 1.5
+    assert settings.head_timeout == 3
+    assert build_parser().parse_args([]).hello_timeout == 10.0

@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"close a tunnel silent this long and free its id (default {d.heartbeat_timeout:g})",
     )
     live.add_argument(
+        "--hello-timeout",
+        type=float,
+        default=d.hello_timeout,
+        help="close an accepted tunnel whose client sent no hello within this many "
+        f"seconds, with 4004 (default {d.hello_timeout:g})",
+    )
+    live.add_argument(
         "--head-timeout",
         type=float,
         default=d.head_timeout,
@@ -223,6 +230,7 @@ def settings_from_args(
         heartbeat_timeout=args.heartbeat_timeout,
         shutdown_grace=args.shutdown_grace,
         head_timeout=args.head_timeout,
+        hello_timeout=args.hello_timeout,
     )
 
 
