@@ -35,6 +35,7 @@ from pipegate_protocol import (
 
 from ._asgi import Receive, Scope, Send
 from ._auth import Authenticator, FailureTracker, load_tokens_file
+from ._direct import DIRECT_EXTENSION
 from ._registry import TunnelRegistry
 from ._relay import Relay, deny_websocket, send_plain
 from ._settings import ServerSettings
@@ -206,6 +207,7 @@ class Gateway:
             public_url=self._public_url(scope, headers, connection_id),
             remote=address,
             agent=self.agent,
+            direct=(scope.get("extensions") or {}).get(DIRECT_EXTENSION),
         )
         if not self.registry.claim(tunnel):
             await refuse(409, f"connection id {connection_id!r} is already connected")

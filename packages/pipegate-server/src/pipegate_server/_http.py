@@ -25,6 +25,7 @@ import logging
 from typing import Any
 
 from ._cork import CorkedTransport
+from ._direct import DIRECT_EXTENSION, MessageSink
 
 logger = logging.getLogger("pipegate.server")
 
@@ -158,8 +159,9 @@ def ws_protocol_class() -> Any:
     in the kernel until the tunnel's reader has caught up. This subclass pauses only
     above :data:`_WS_HIGH_WATER` queued messages, which still bounds the memory a
     peer can make us hold (the tunnel's reader consumes without waiting, and each
-    message is at most one frame). Falls back to uvicorn's choice when this uvicorn
-    has no websockets-sansio protocol.
+    message is at most one frame). It also offers the tunnel a direct line past the
+    ASGI queue (:mod:`pipegate_server._direct`). Falls back to uvicorn's choice when
+    this uvicorn has no websockets-sansio protocol.
     """
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import (
@@ -168,10 +170,39 @@ def ws_protocol_class() -> Any:
     except ImportError:  # pragma: no cover - depends on the installation
         return "auto"
 
+    from uvicorn.protocols.utils import ClientDisconnected
+    from websockets.exceptions import InvalidState
+
     class QueueDepthWebSocketProtocol(WebSocketsSansIOProtocol):
-        """websockets-sansio, pausing reads by queue depth rather than per message."""
+        """websockets-sansio, pausing reads by queue depth rather than per message,
+        and offering a tunnel the direct line of :mod:`pipegate_server._direct`."""
+
+        _sink: MessageSink | None = None
+
+        def handle_connect(self, event: Any) -> None:
+            super().handle_connect(event)
+            scope = getattr(self, "scope", None)
+            if scope is not None:
+                scope.setdefault("extensions", {})[DIRECT_EXTENSION] = self
+
+        # -------------------------------------------------- receiving
 
         def send_receive_event_to_app(self) -> None:
+            sink = self._sink
+            if sink is not None and not self.close_sent:
+                data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+                self.frames = []
+                if self.curr_msg_data_type == "text":
+                    try:
+                        text = data.decode()
+                    except UnicodeDecodeError:
+                        self.conn.send_close(1007)
+                        self.handle_parser_exception()
+                        return
+                    sink(text)
+                else:
+                    sink(data)
+                return
             paused = self.read_paused
             self.read_paused = True  # keeps the base class from pausing here
             try:
@@ -188,5 +219,44 @@ def ws_protocol_class() -> Any:
                 self.read_paused = False
                 self.transport.resume_reading()
             return message
+
+        def attach_sink(self, sink: MessageSink) -> None:
+            kept = []
+            while not self.queue.empty():
+                event = self.queue.get_nowait()
+                if event["type"] == "websocket.receive":
+                    payload: str | bytes | None = event.get("text")
+                    if payload is None:
+                        payload = event.get("bytes")
+                    if payload is not None:
+                        sink(payload)
+                else:
+                    kept.append(event)
+            for event in kept:
+                self.queue.put_nowait(event)
+            self._sink = sink
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+
+        # -------------------------------------------------- sending
+
+        def can_send_now(self) -> bool:
+            return self.writable.is_set()
+
+        async def wait_writable(self) -> None:
+            await self.writable.wait()
+
+        def send_message(self, message: str | bytes) -> None:
+            if self.disconnected or self.close_sent:
+                raise ClientDisconnected()
+            try:
+                if isinstance(message, str):
+                    self.conn.send_text(message.encode())
+                else:
+                    self.conn.send_binary(message)
+            except InvalidState:
+                raise ClientDisconnected() from None
+            self.transport.write(b"".join(self.conn.data_to_send()))
 
     return QueueDepthWebSocketProtocol

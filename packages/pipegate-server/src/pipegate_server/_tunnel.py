@@ -47,6 +47,7 @@ from pipegate_protocol.errors import CloseCode, LocalProtocolError
 
 from ._asgi import Receive, Send
 from ._auth import Credential
+from ._direct import DirectWebSocket
 from ._settings import ServerSettings
 from .errors import (
     BodyTooLargeError,
@@ -209,6 +210,7 @@ class Tunnel:
         public_url: str,
         remote: str,
         agent: str,
+        direct: DirectWebSocket | None = None,
     ) -> None:
         self.connection_id = connection_id
         self.credential = credential
@@ -218,6 +220,7 @@ class Tunnel:
         self.public_url = public_url
         self._receive = receive
         self._send = send
+        self._direct = direct
         self.conn = Connection(
             Role.SERVER,
             version=version,
@@ -273,6 +276,8 @@ class Tunnel:
             self._loop.create_task(self._read_loop()),
             self._loop.create_task(self._tick_loop()),
         ]
+        if self._direct is not None:
+            self._direct.attach_sink(self._on_direct_message)
         try:
             await self._done.wait()
         finally:
@@ -325,36 +330,49 @@ class Tunnel:
 
     async def _read_loop(self) -> None:
         receive = self._receive
-        conn = self.conn
-        loop = self._loop
         while True:
             event = await receive()
             kind = event["type"]
             if kind == "websocket.disconnect":
                 self._lost(event.get("code", 1006))
                 return
-            if kind != "websocket.receive" or self.closed:
+            if kind != "websocket.receive":
                 continue
             payload = event.get("bytes")
             if payload is None:
                 payload = event.get("text")
                 if payload is None:
                     continue
-            self.last_received = loop.time()
-            try:
-                message = conn.receive(payload)
-            except RemoteProtocolError as exc:
-                logger.warning(
-                    "tunnel protocol error: id=%s close=%d error=%s",
-                    self.connection_id,
-                    exc.close_code,
-                    exc,
-                )
-                self.close(exc.close_code, exc.reason)
-                continue
-            if message is not None:
-                self._dispatch(message)
-            self._flush()
+            self._on_message(payload)
+
+    def _on_direct_message(self, payload: str | bytes) -> None:
+        """The direct line's sink: runs inside the protocol's ``data_received``, so
+        nothing may escape it."""
+        try:
+            self._on_message(payload)
+        except Exception:
+            logger.exception("tunnel internal error: id=%s", self.connection_id)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _on_message(self, payload: str | bytes) -> None:
+        """One message from the client, through ASGI or the direct line."""
+        if self.closed:
+            return
+        self.last_received = self._loop.time()
+        try:
+            message = self.conn.receive(payload)
+        except RemoteProtocolError as exc:
+            logger.warning(
+                "tunnel protocol error: id=%s close=%d error=%s",
+                self.connection_id,
+                exc.close_code,
+                exc,
+            )
+            self.close(exc.close_code, exc.reason)
+            return
+        if message is not None:
+            self._dispatch(message)
+        self._flush()
 
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, Data | WebSocketData | Response | WebSocketClose):
@@ -415,11 +433,17 @@ class Tunnel:
             return
         self._sending = True
         send = self._send
+        direct = self._direct
         outgoing = self._outgoing
         try:
             while outgoing:
                 item = outgoing[0]
-                if isinstance(item, bytes):
+                if direct is not None and not isinstance(item, _Close):
+                    if not direct.can_send_now():
+                        await direct.wait_writable()
+                    direct.send_message(item)
+                    self._buffered -= len(item)
+                elif isinstance(item, bytes):
                     await send({"type": "websocket.send", "bytes": item})
                     self._buffered -= len(item)
                 elif isinstance(item, str):
