@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from pipegate_client._tunnel import TunnelConnection
+import pytest
+from pipegate_client._tunnel import TunnelConnection, _client_frame, _MaskSource
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 
 
 async def _echo(websocket: ServerConnection) -> None:
@@ -62,3 +65,29 @@ async def test_close_sends_what_was_queued_first() -> None:
         assert await asyncio.wait_for(websocket.recv(), 5) == "last words"
         await asyncio.wait_for(websocket.close(1000, "bye"), 5)
         assert websocket.close_code == 1000
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 300_000])
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY])
+def test_our_frames_parse_as_the_library_reads_them(size: int, opcode: Opcode) -> None:
+    payload = bytes(index % 251 for index in range(size))
+    masks = _MaskSource()
+    data = _client_frame(opcode.value, payload, masks.take())
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=True)
+    with pytest.raises(StopIteration) as parsed:
+        next(parser)
+    frame = parsed.value.value
+    assert frame.opcode is opcode
+    assert frame.fin
+    assert frame.data == payload
+    assert reader.at_eof()
+
+
+def test_masking_keys_differ_and_cross_buffer_refills() -> None:
+    masks = _MaskSource()
+    keys = [masks.take() for _ in range(2000)]  # two 4 KiB refills
+    assert all(len(key) == 4 for key in keys)
+    assert len(set(keys)) > 1900  # random 32-bit keys: collisions are rare

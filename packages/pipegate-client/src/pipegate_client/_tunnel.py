@@ -21,8 +21,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pipegate_protocol import (
     CAPABILITY_WEBSOCKET,
@@ -45,11 +48,17 @@ from pipegate_protocol import (
 )
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from ._local import LocalApp, relay_http
 from ._settings import ClientSettings
 from ._stream import StreamChannel, StreamGone
 from ._websocket import relay_websocket
+
+try:  # the library's C extension, as its own framing uses
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a pure-Python build of websockets
+    from websockets.utils import apply_mask
 
 __all__ = ["SessionOutcome", "TunnelConnection", "TunnelSession"]
 
@@ -71,8 +80,33 @@ class TunnelConnection(ClientConnection):
     server then sat idle until the batch arrived instead of working in parallel.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._masks = _MaskSource()
+
     async def send_many(self, messages: Sequence[str | bytes]) -> None:
-        """Send ``messages`` in order (str as text, bytes as binary), in one write."""
+        """Send ``messages`` in order (str as text, bytes as binary), in one write.
+
+        The usual case (connection open, socket not backed up) frames the messages
+        here and writes them at once: a whole unfragmented frame per message, which
+        is all the library would do, minus its per-message bookkeeping. Anything
+        else (closing, closed, paused for backpressure) takes the library's path,
+        which waits or raises :class:`ConnectionClosed` as it should.
+        """
+        if self.protocol.state is State.OPEN and not self.paused:
+            frames = [
+                _client_frame(
+                    _OP_TEXT if isinstance(message, str) else _OP_BINARY,
+                    message.encode() if isinstance(message, str) else message,
+                    self._masks.take(),
+                )
+                for message in messages
+            ]
+            if len(frames) == 1:
+                self.transport.write(frames[0])
+            else:
+                self.transport.writelines(frames)
+            return
         async with self.send_context():
             protocol = self.protocol
             for message in messages:
@@ -97,6 +131,42 @@ class TunnelConnection(ClientConnection):
                     self.transport.write_eof()
             else:  # pragma: no cover - TLS
                 self.transport.close()
+
+
+_OP_TEXT = 0x1
+_OP_BINARY = 0x2
+
+
+def _client_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
+    """One final, masked client frame (RFC 6455 section 5.2), as websockets builds it."""
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    return header + mask + apply_mask(payload, mask)
+
+
+class _MaskSource:
+    """Masking keys from the OS's random source, read 4 KiB at a time instead of one
+    system call per frame (RFC 6455 asks for keys from a strong source of entropy;
+    this is the same source the library uses)."""
+
+    __slots__ = ("_buffer", "_offset")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._offset = 0
+
+    def take(self) -> bytes:
+        if self._offset >= len(self._buffer):
+            self._buffer = os.urandom(4096)
+            self._offset = 0
+        key = self._buffer[self._offset : self._offset + 4]
+        self._offset += 4
+        return key
 
 
 @dataclass
