@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import sys
 
-from pipegate_client._logging import TurnBufferedHandler
+from pipegate_client._logging import LOG_FORMAT, LineFormatter, TurnBufferedHandler
 
 
 class CountingStream(io.StringIO):
@@ -68,3 +69,30 @@ async def test_a_closed_stream_loses_lines_quietly() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert stream.writes == ["INFO into the void\n"]  # attempted once, error swallowed
+
+
+def _record(message: str, *args: object, created: float) -> logging.LogRecord:
+    record = logging.LogRecord("pipegate_client", logging.INFO, __file__, 1, message, args, None)
+    record.created = created
+    record.msecs = (created - int(created)) * 1000
+    return record
+
+
+def test_line_formatter_writes_what_the_generic_formatter_writes() -> None:
+    generic = logging.Formatter(LOG_FORMAT)
+    fast = LineFormatter()
+    for created in (1_700_000_000.0, 1_700_000_000.5, 1_700_000_000.999, 1_700_000_001.002):
+        record = _record("[%s] %s %s %d", "node", "GET", "/a", 200, created=created)
+        assert fast.format(record) == generic.format(record)
+
+
+def test_line_formatter_keeps_tracebacks() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "pipegate_client", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    text = LineFormatter().format(record)
+    assert text.splitlines()[0].endswith("ERROR pipegate_client: failed")
+    assert "ValueError: boom" in text

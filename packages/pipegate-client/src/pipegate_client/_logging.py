@@ -13,9 +13,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TextIO
 
-__all__ = ["TurnBufferedHandler"]
+__all__ = ["LOG_FORMAT", "LineFormatter", "TurnBufferedHandler"]
+
+#: The client's log line: time, level, logger name, message.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class LineFormatter(logging.Formatter):
+    """Formats :data:`LOG_FORMAT` exactly as :class:`logging.Formatter` does, for less.
+
+    The generic formatter looks every field up by name and formats the time anew for
+    each line; at a line per request that was a few percent of the client's CPU.
+    This one builds the line directly and reuses the time text within a second.
+    Records with exception or stack information take the generic path.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        record.message = record.getMessage()
+        return (
+            f"{self._stamp},{int(record.msecs):03d} {record.levelname} "
+            f"{record.name}: {record.message}"
+        )
 
 
 class TurnBufferedHandler(logging.StreamHandler[TextIO]):

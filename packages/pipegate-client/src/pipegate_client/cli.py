@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from ._client import TunnelClient
-from ._logging import TurnBufferedHandler
+from ._logging import LineFormatter, TurnBufferedHandler
 from ._settings import DEFAULT_LOCAL_URL, ClientSettings
 from .errors import ClientError, ConfigurationError
 
@@ -180,11 +180,9 @@ def _lean_log_records() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[TurnBufferedHandler(sys.stderr)],
-    )
+    handler = TurnBufferedHandler(sys.stderr)
+    handler.setFormatter(LineFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     if args.log_level != "debug":
         logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
