@@ -94,12 +94,11 @@ class TunnelConnection(ClientConnection):
         which waits or raises :class:`ConnectionClosed` as it should.
         """
         if self.protocol.state is State.OPEN and not self.paused:
+            take = self._masks.take
             frames = [
-                _client_frame(
-                    _OP_TEXT if isinstance(message, str) else _OP_BINARY,
-                    message.encode() if isinstance(message, str) else message,
-                    self._masks.take(),
-                )
+                _client_frame(_OP_TEXT, message.encode(), take())
+                if isinstance(message, str)
+                else _client_frame(_OP_BINARY, message, take())
                 for message in messages
             ]
             if len(frames) == 1:

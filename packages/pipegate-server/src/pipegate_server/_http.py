@@ -24,6 +24,7 @@ import asyncio
 import logging
 from typing import Any
 
+from ._asgi import websocket_payload
 from ._cork import CorkedTransport
 from ._direct import DIRECT_EXTENSION, MessageSink
 
@@ -224,12 +225,9 @@ def ws_protocol_class() -> Any:
             kept = []
             while not self.queue.empty():
                 event = self.queue.get_nowait()
-                if event["type"] == "websocket.receive":
-                    payload: str | bytes | None = event.get("text")
-                    if payload is None:
-                        payload = event.get("bytes")
-                    if payload is not None:
-                        sink(payload)
+                payload = websocket_payload(event)
+                if event["type"] == "websocket.receive" and payload is not None:
+                    sink(payload)
                 else:
                     kept.append(event)
             for event in kept:

@@ -45,7 +45,7 @@ from pipegate_protocol import (
 )
 from pipegate_protocol.errors import CloseCode, LocalProtocolError
 
-from ._asgi import Receive, Send
+from ._asgi import Receive, Send, websocket_payload
 from ._auth import Credential
 from ._direct import DirectWebSocket
 from ._settings import ServerSettings
@@ -336,14 +336,8 @@ class Tunnel:
             if kind == "websocket.disconnect":
                 self._lost(event.get("code", 1006))
                 return
-            if kind != "websocket.receive":
-                continue
-            payload = event.get("bytes")
-            if payload is None:
-                payload = event.get("text")
-                if payload is None:
-                    continue
-            self._on_message(payload)
+            if kind == "websocket.receive" and (payload := websocket_payload(event)) is not None:
+                self._on_message(payload)
 
     def _on_direct_message(self, payload: str | bytes) -> None:
         """The direct line's sink: runs inside the protocol's ``data_received``, so
@@ -438,24 +432,22 @@ class Tunnel:
         try:
             while outgoing:
                 item = outgoing[0]
-                if direct is not None and not isinstance(item, _Close):
-                    if not direct.can_send_now():
-                        await direct.wait_writable()
-                    direct.send_message(item)
-                    self._buffered -= len(item)
-                elif isinstance(item, bytes):
-                    await send({"type": "websocket.send", "bytes": item})
-                    self._buffered -= len(item)
-                elif isinstance(item, str):
-                    await send({"type": "websocket.send", "text": item})
-                    self._buffered -= len(item)
-                else:
+                if isinstance(item, _Close):
                     outgoing.clear()
                     await send(
                         {"type": "websocket.close", "code": item.code, "reason": item.reason}
                     )
                     self._done.set()
                     return
+                if direct is not None:
+                    if not direct.can_send_now():
+                        await direct.wait_writable()
+                    direct.send_message(item)
+                elif isinstance(item, bytes):
+                    await send({"type": "websocket.send", "bytes": item})
+                else:
+                    await send({"type": "websocket.send", "text": item})
+                self._buffered -= len(item)
                 outgoing.popleft()
                 if self._buffered <= _LOW_WATER:
                     self._drained.set()
