@@ -27,6 +27,16 @@ from typing import Any
 from ._asgi import websocket_payload
 from ._cork import CorkedTransport
 from ._direct import DIRECT_EXTENSION, MessageSink
+from ._wsframes import (
+    NEED_MORE,
+    NOT_PLAIN,
+    OP_BINARY,
+    OP_PING,
+    OP_TEXT,
+    scan_client_frame,
+    server_frame,
+    unmask,
+)
 
 logger = logging.getLogger("pipegate.server")
 
@@ -148,6 +158,8 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0) -> Any:
 _WS_HIGH_WATER = 64
 #: ... and the count at which it resumes.
 _WS_LOW_WATER = 16
+#: The frame size limit when the library has none.
+_NO_LIMIT = 2**63
 
 
 def ws_protocol_class() -> Any:
@@ -172,13 +184,23 @@ def ws_protocol_class() -> Any:
         return "auto"
 
     from uvicorn.protocols.utils import ClientDisconnected
-    from websockets.exceptions import InvalidState
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import State
 
     class QueueDepthWebSocketProtocol(WebSocketsSansIOProtocol):
         """websockets-sansio, pausing reads by queue depth rather than per message,
-        and offering a tunnel the direct line of :mod:`pipegate_server._direct`."""
+        reading plain frames itself (:mod:`pipegate_server._wsframes`) and offering a
+        tunnel the direct line of :mod:`pipegate_server._direct`."""
 
         _sink: MessageSink | None = None
+        #: None until the first data after the handshake; then True while this class
+        #: reads the frames, False once the library does (for good).
+        _fast: bool | None = None
+        #: The start of a plain frame that did not arrive whole: its pieces, their
+        #: total size and the size of the whole frame (or of its header).
+        _held: list[bytes] | None = None
+        _held_size = 0
+        _held_need = 0
 
         def handle_connect(self, event: Any) -> None:
             super().handle_connect(event)
@@ -188,31 +210,93 @@ def ws_protocol_class() -> Any:
 
         # -------------------------------------------------- receiving
 
-        def send_receive_event_to_app(self) -> None:
-            sink = self._sink
-            if sink is not None and not self.close_sent:
-                data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
-                self.frames = []
-                if self.curr_msg_data_type == "text":
-                    try:
-                        text = data.decode()
-                    except UnicodeDecodeError:
-                        self.conn.send_close(1007)
-                        self.handle_parser_exception()
-                        return
-                    sink(text)
-                else:
-                    sink(data)
+        def data_received(self, data: bytes) -> None:
+            if self._fast is None and self.conn.state is State.OPEN:
+                self._fast = _library_at_frame_boundary(self.conn)
+            if not self._fast:
+                super().data_received(data)
                 return
-            paused = self.read_paused
-            self.read_paused = True  # keeps the base class from pausing here
-            try:
-                super().send_receive_event_to_app()
-            finally:
-                self.read_paused = paused
-            if not paused and self.queue.qsize() > _WS_HIGH_WATER:
+            held = self._held
+            if held is not None:
+                held.append(data)
+                self._held_size += len(data)
+                if self._held_size < self._held_need:
+                    return
+                self._held = None
+                data = b"".join(held)
+            self._read_frames(data)
+
+        def _read_frames(self, data: bytes) -> None:
+            """Deliver the plain frames in ``data``; hand the library the rest from the
+            first frame that is not plain, or once a close was sent."""
+            conn = self.conn
+            max_size = conn.max_message_size or _NO_LIMIT
+            view = memoryview(data)
+            pos, size = 0, len(data)
+            while pos < size:
+                if self.close_sent or conn.state is not State.OPEN:
+                    break
+                opcode, start, end = scan_client_frame(data, pos, max_size)
+                if opcode == NEED_MORE:
+                    self._held = [data[pos:]]
+                    self._held_size = size - pos
+                    self._held_need = end
+                    return
+                if opcode == NOT_PLAIN:
+                    break
+                payload = unmask(data, view, start, end)
+                pos = end
+                if opcode == OP_TEXT:
+                    try:
+                        text = payload.decode()
+                    except UnicodeDecodeError:
+                        self._fail_invalid_utf8()
+                        return
+                    self._deliver(text)
+                elif opcode == OP_BINARY:
+                    self._deliver(payload)
+                elif opcode == OP_PING:
+                    conn.send_pong(payload)
+                    self.handle_ping()  # writes the pong
+                else:
+                    self.handle_pong(Frame(Opcode.PONG, payload))
+            else:
+                return
+            self._fast = False
+            super().data_received(data[pos:])
+
+        def send_receive_event_to_app(self) -> None:
+            # The library's path: a message it assembled from frames.
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            self.frames = []
+            if self.close_sent:
+                return  # past websocket.close: dropped, as uvicorn does
+            if self.curr_msg_data_type == "text":
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    self._fail_invalid_utf8()
+                    return
+                self._deliver(text)
+            else:
+                self._deliver(data)
+
+        def _deliver(self, message: str | bytes) -> None:
+            sink = self._sink
+            if sink is not None:
+                sink(message)
+                return
+            if isinstance(message, str):
+                self.queue.put_nowait({"type": "websocket.receive", "text": message})
+            else:
+                self.queue.put_nowait({"type": "websocket.receive", "bytes": message})
+            if not self.read_paused and self.queue.qsize() > _WS_HIGH_WATER:
                 self.read_paused = True
                 self.transport.pause_reading()
+
+        def _fail_invalid_utf8(self) -> None:
+            self.conn.send_close(1007)
+            self.handle_parser_exception()
 
         async def receive(self) -> Any:
             message = await self.queue.get()
@@ -246,15 +330,36 @@ def ws_protocol_class() -> Any:
             await self.writable.wait()
 
         def send_message(self, message: str | bytes) -> None:
-            if self.disconnected or self.close_sent:
+            # The library would check the state, build a Frame and serialize it; a
+            # whole unmasked frame is all it would write.
+            if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
                 raise ClientDisconnected()
-            try:
-                if isinstance(message, str):
-                    self.conn.send_text(message.encode())
-                else:
-                    self.conn.send_binary(message)
-            except InvalidState:
-                raise ClientDisconnected() from None
-            self.transport.write(b"".join(self.conn.data_to_send()))
+            if isinstance(message, str):
+                self.transport.write(server_frame(OP_TEXT, message.encode()))
+            else:
+                self.transport.write(server_frame(OP_BINARY, message))
 
     return QueueDepthWebSocketProtocol
+
+
+def _library_at_frame_boundary(conn: Any) -> bool:
+    """True when websockets' parser has nothing buffered and waits for the first byte
+    of a frame, with no message in progress and no extension: from there on, whole
+    frames can be read past it, and any rest handed back to it at a frame boundary.
+
+    An empty buffer alone does not say it: the parser may have taken a frame's header
+    and wait for its payload. The innermost generator it waits in tells: ``at_eof``
+    between frames, ``read_exact`` within one. On a websockets without these
+    attributes the answer is False, and the library reads every frame.
+    """
+    try:
+        if conn.extensions or conn.current_size is not None or conn.reader.buffer:
+            return False
+        if conn.max_fragment_size is not None:
+            return False
+        waiting = conn.parser
+        while waiting.gi_yieldfrom is not None:
+            waiting = waiting.gi_yieldfrom
+        return bool(waiting.gi_code.co_name == "at_eof")
+    except AttributeError:
+        return False

@@ -1,0 +1,97 @@
+"""Reading client frames and writing server frames on the hot path (_wsframes),
+checked against the websockets library's own framing."""
+
+from __future__ import annotations
+
+import pytest
+from pipegate_server._wsframes import (
+    NEED_MORE,
+    NOT_PLAIN,
+    OP_BINARY,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    scan_client_frame,
+    server_frame,
+    unmask,
+)
+from websockets.frames import Frame, Opcode
+
+SIZES = [0, 1, 125, 126, 65535, 65536, 300_000]
+LIMIT = 1 << 20
+
+
+def _client(opcode: Opcode, payload: bytes, *, fin: bool = True) -> bytes:
+    return Frame(opcode, payload, fin=fin).serialize(mask=True, extensions=[])
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(("opcode", "op"), [(Opcode.TEXT, OP_TEXT), (Opcode.BINARY, OP_BINARY)])
+def test_a_whole_data_frame_is_read_and_unmasked(opcode: Opcode, op: int, size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    data = b"junk" + _client(opcode, payload) + b"next"
+    kind, start, end = scan_client_frame(data, 4, LIMIT)
+    assert kind == op
+    assert unmask(data, memoryview(data), start, end) == payload
+    assert data[end:] == b"next"
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 70000])
+def test_a_cut_frame_asks_for_more_and_then_for_all_of_it(size: int) -> None:
+    frame = _client(Opcode.BINARY, b"\x07" * size)
+    header = len(frame) - size
+    for cut in range(min(len(frame), header + 3)):
+        kind, _, need = scan_client_frame(frame[:cut], 0, LIMIT)
+        assert kind == NEED_MORE
+        assert cut < need <= len(frame)
+        if cut >= header:
+            assert need == len(frame)  # once the length is known, the whole frame
+    assert scan_client_frame(frame[:-1], 0, LIMIT)[::2] == (NEED_MORE, len(frame))
+
+
+@pytest.mark.parametrize(("opcode", "op"), [(Opcode.PING, OP_PING), (Opcode.PONG, OP_PONG)])
+def test_control_frames_up_to_125_bytes_are_plain(opcode: Opcode, op: int) -> None:
+    frame = _client(opcode, b"p" * 125)
+    kind, start, end = scan_client_frame(frame, 0, LIMIT)
+    assert kind == op
+    assert unmask(frame, memoryview(frame), start, end) == b"p" * 125
+
+
+def _long_ping() -> bytes:
+    # The library refuses to build it; a peer may still send it.
+    mask = b"\x00\x00\x00\x00"
+    return bytes([0x80 | 0x9, 0x80 | 126]) + (126).to_bytes(2, "big") + mask + b"p" * 126
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        _client(Opcode.TEXT, b"part", fin=False),
+        _client(Opcode.CONT, b"rest"),
+        _client(Opcode.CLOSE, (1000).to_bytes(2, "big")),
+        Frame(Opcode.TEXT, b"unmasked").serialize(mask=False, extensions=[]),
+        bytes([0x80 | 0x40 | 0x2]) + _client(Opcode.BINARY, b"rsv1")[1:],
+        bytes([0x80 | 0x3]) + _client(Opcode.BINARY, b"reserved opcode")[1:],
+        _client(Opcode.BINARY, b"\x00" * (LIMIT + 1)),
+        _long_ping(),
+    ],
+    ids=[
+        "fragment",
+        "continuation",
+        "close",
+        "unmasked",
+        "rsv1",
+        "reserved-opcode",
+        "over-limit",
+        "long-ping",
+    ],
+)
+def test_anything_else_is_left_to_the_library(frame: bytes) -> None:
+    assert scan_client_frame(frame, 0, LIMIT)[0] == NOT_PLAIN
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(("opcode", "op"), [(Opcode.TEXT, OP_TEXT), (Opcode.BINARY, OP_BINARY)])
+def test_server_frames_are_the_library_s_frames(opcode: Opcode, op: int, size: int) -> None:
+    payload = b"\xab" * size
+    assert server_frame(op, payload) == Frame(opcode, payload).serialize(mask=False, extensions=[])
