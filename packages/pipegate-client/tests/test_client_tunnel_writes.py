@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import Iterable
 
 import pytest
-from pipegate_client._tunnel import TunnelConnection, _client_frame, _MaskSource
+from pipegate_client._tunnel import TunnelConnection
+from pipegate_client._wsframes import MaskSource, client_frame
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
@@ -71,8 +72,8 @@ async def test_close_sends_what_was_queued_first() -> None:
 @pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY])
 def test_our_frames_parse_as_the_library_reads_them(size: int, opcode: Opcode) -> None:
     payload = bytes(index % 251 for index in range(size))
-    masks = _MaskSource()
-    data = _client_frame(opcode.value, payload, masks.take())
+    masks = MaskSource()
+    data = client_frame(opcode.value, payload, masks.take())
     reader = StreamReader()
     reader.feed_data(data)
     reader.feed_eof()
@@ -87,7 +88,7 @@ def test_our_frames_parse_as_the_library_reads_them(size: int, opcode: Opcode) -
 
 
 def test_masking_keys_differ_and_cross_buffer_refills() -> None:
-    masks = _MaskSource()
+    masks = MaskSource()
     keys = [masks.take() for _ in range(2000)]  # two 4 KiB refills
     assert all(len(key) == 4 for key in keys)
     assert len(set(keys)) > 1900  # random 32-bit keys: collisions are rare

@@ -21,11 +21,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from pipegate_protocol import (
     CAPABILITY_WEBSOCKET,
@@ -46,19 +44,27 @@ from pipegate_protocol import (
     WebSocketData,
     WindowUpdate,
 )
+from websockets import typing as ws_typing
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from ._local import LocalApp, relay_http
 from ._settings import ClientSettings
 from ._stream import StreamChannel, StreamGone
 from ._websocket import relay_websocket
-
-try:  # the library's C extension, as its own framing uses
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - a pure-Python build of websockets
-    from websockets.utils import apply_mask
+from ._wsframes import (
+    NEED_MORE,
+    NOT_PLAIN,
+    OP_BINARY,
+    OP_PING,
+    OP_TEXT,
+    MaskSource,
+    client_frame,
+    library_at_frame_boundary,
+    scan_server_frame,
+)
 
 __all__ = ["SessionOutcome", "TunnelConnection", "TunnelSession"]
 
@@ -68,7 +74,8 @@ AGENT = "pipegate-client/1.0"
 
 
 class TunnelConnection(ClientConnection):
-    """The tunnel WebSocket, able to send several messages in one socket write.
+    """The tunnel WebSocket, able to send several messages in one socket write and to
+    hand over every message received since the last look in one batch.
 
     A small response is a head and a body frame: written together, they cost one
     system call instead of two and wake the server once (the connection is created by
@@ -78,11 +85,169 @@ class TunnelConnection(ClientConnection):
     ``benchmarks/ab_tunnel.py``, gathering a whole loop turn's responses into one
     write saved CPU but cost about 9% throughput at concurrency 64, because the
     server then sat idle until the batch arrived instead of working in parallel.
+
+    Receiving: from the first frame after the handshake (when the library's parser
+    provably waits between frames), plain frames are read here
+    (:func:`~pipegate_client._wsframes.scan_server_frame`) into an inbox that
+    :meth:`receive_batch` empties. The first frame that is not plain (a close, a
+    fragment, a bad frame) and everything after it goes to the library, whose
+    messages keep their place in the inbox as a marker taken with ``recv()``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._masks = _MaskSource()
+        self._masks = MaskSource()
+        #: Messages not yet taken, in order; None stands for one the library holds.
+        self._inbox: list[str | bytes | None] = []
+        self._inbox_waiter: asyncio.Future[None] | None = None
+        self._inbox_paused = False
+        self._lost = False
+        #: None until the first data after the handshake; then True while frames are
+        #: read here, False once the library reads them (for good).
+        self._fast: bool | None = None
+        #: The start of a plain frame that did not arrive whole: its pieces, their
+        #: total size and the size of the whole frame (or of its header).
+        self._held: list[bytes] | None = None
+        self._held_size = 0
+        self._held_need = 0
+
+    # ------------------------------------------------------------ receiving
+
+    async def receive_batch(self) -> list[str | bytes]:
+        """Wait for messages, then take all that arrived, in order (str for text,
+        bytes for binary). Raises :class:`ConnectionClosed`, as ``recv()`` does, once
+        the connection is closed and every message was taken."""
+        if not await self._wait_for_inbox():
+            return [await super().recv()]  # raises ConnectionClosed
+        inbox, self._inbox = self._inbox, []
+        self._resume_inbox()
+        if None not in inbox:
+            return inbox  # type: ignore[return-value]  # no None in it
+        batch: list[str | bytes] = []
+        for message in inbox:
+            # Not in a comprehension: super() needs this method's own frame.
+            batch.append(await super().recv() if message is None else message)
+        return batch
+
+    @overload
+    async def recv(self, decode: Literal[True]) -> str: ...
+
+    @overload
+    async def recv(self, decode: Literal[False]) -> bytes: ...
+
+    @overload
+    async def recv(self, decode: bool | None = None) -> ws_typing.Data: ...
+
+    async def recv(self, decode: bool | None = None) -> ws_typing.Data:
+        """The library's ``recv()`` (and so ``async for``), reading the inbox."""
+        if not await self._wait_for_inbox():
+            return await super().recv(decode)
+        message = self._inbox.pop(0)
+        self._resume_inbox()
+        if message is None:
+            return await super().recv(decode)
+        if decode is True and isinstance(message, bytes):
+            return message.decode()
+        if decode is False and isinstance(message, str):
+            return message.encode()
+        return message
+
+    async def _wait_for_inbox(self) -> bool:
+        """Wait until the inbox has a message (True) or the connection is lost (False)."""
+        while not self._inbox:
+            if self._lost:
+                return False
+            waiter = self._inbox_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._inbox_waiter = None
+        return True
+
+    def _resume_inbox(self) -> None:
+        if self._inbox_paused and len(self._inbox) <= _INBOX_HIGH_WATER:
+            self._inbox_paused = False
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._fast is None and self.protocol.state is State.OPEN:
+            self._fast = library_at_frame_boundary(self.protocol)
+        if not self._fast:
+            super().data_received(data)
+            return
+        held = self._held
+        if held is not None:
+            held.append(data)
+            self._held_size += len(data)
+            if self._held_size < self._held_need:
+                return
+            self._held = None
+            data = b"".join(held)
+        rest = self._read_frames(data)
+        if rest is not None:
+            self._fast = False
+            super().data_received(data[rest:])
+        self._wake_reader()
+
+    def _read_frames(self, data: bytes) -> int | None:
+        """Put the plain frames of ``data`` in the inbox; the offset from which the
+        library must read the rest, if any."""
+        protocol = self.protocol
+        max_size = protocol.max_message_size or _NO_LIMIT
+        inbox = self._inbox
+        pos, size = 0, len(data)
+        while pos < size:
+            if protocol.state is not State.OPEN:
+                return pos
+            opcode, start, end = scan_server_frame(data, pos, max_size)
+            if opcode == NEED_MORE:
+                self._held = [data[pos:]]
+                self._held_size = size - pos
+                self._held_need = end
+                return None
+            if opcode == NOT_PLAIN:
+                return pos
+            pos = end
+            if opcode == OP_BINARY:
+                inbox.append(data[start:end])
+            elif opcode == OP_TEXT:
+                try:
+                    inbox.append(data[start:end].decode())
+                except UnicodeDecodeError:
+                    protocol.fail(1007, "invalid UTF-8 in a text message")  # invalid data
+                    self.send_data()
+                    return pos
+            elif opcode == OP_PING:
+                protocol.send_pong(data[start:end])
+                self.send_data()
+            else:
+                self.acknowledge_pings(data[start:end])
+        return None
+
+    def process_event(self, event: Any) -> None:
+        super().process_event(event)
+        if isinstance(event, Frame) and event.fin and event.opcode in _DATA_OPCODES:
+            self._inbox.append(None)  # a whole message, in the library's hands
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        if not self._inbox:
+            return
+        waiter = self._inbox_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if len(self._inbox) > _INBOX_HIGH_WATER and not self._inbox_paused:
+            self._inbox_paused = True
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._lost = True
+        waiter = self._inbox_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------ sending
 
     async def send_many(self, messages: Sequence[str | bytes]) -> None:
         """Send ``messages`` in order (str as text, bytes as binary), in one write.
@@ -96,9 +261,9 @@ class TunnelConnection(ClientConnection):
         if self.protocol.state is State.OPEN and not self.paused:
             take = self._masks.take
             frames = [
-                _client_frame(_OP_TEXT, message.encode(), take())
+                client_frame(OP_TEXT, message.encode(), take())
                 if isinstance(message, str)
-                else _client_frame(_OP_BINARY, message, take())
+                else client_frame(OP_BINARY, message, take())
                 for message in messages
             ]
             if len(frames) == 1:
@@ -132,40 +297,11 @@ class TunnelConnection(ClientConnection):
                 self.transport.close()
 
 
-_OP_TEXT = 0x1
-_OP_BINARY = 0x2
-
-
-def _client_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
-    """One final, masked client frame (RFC 6455 section 5.2), as websockets builds it."""
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-    elif length < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-    return header + mask + apply_mask(payload, mask)
-
-
-class _MaskSource:
-    """Masking keys from the OS's random source, read 4 KiB at a time instead of one
-    system call per frame (RFC 6455 asks for keys from a strong source of entropy;
-    this is the same source the library uses)."""
-
-    __slots__ = ("_buffer", "_offset")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._offset = 0
-
-    def take(self) -> bytes:
-        if self._offset >= len(self._buffer):
-            self._buffer = os.urandom(4096)
-            self._offset = 0
-        key = self._buffer[self._offset : self._offset + 4]
-        self._offset += 4
-        return key
+#: The frame size limit when the library has none.
+_NO_LIMIT = 2**63
+_DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+#: Messages waiting in the inbox above which reading pauses until the reader took them.
+_INBOX_HIGH_WATER = 64
 
 
 @dataclass
@@ -280,24 +416,26 @@ class TunnelSession:
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async for payload in self.websocket:
+            while True:
+                batch = await self.websocket.receive_batch()
                 self._last_received = loop.time()
-                try:
-                    message = self.conn.receive(payload)
-                except RemoteProtocolError as exc:
-                    logger.warning(
-                        "[%s] server broke the protocol: %s; closing the tunnel with %d",
-                        self.connection_id,
-                        exc,
-                        exc.close_code,
-                    )
-                    self.outcome.protocol_error = True
-                    self.outcome.close_code = int(exc.close_code)
-                    self.outcome.reason = exc.reason
-                    await self.websocket.close(int(exc.close_code), exc.reason)
-                    return
-                if message is not None:
-                    self._dispatch(message)
+                for payload in batch:
+                    try:
+                        message = self.conn.receive(payload)
+                    except RemoteProtocolError as exc:
+                        logger.warning(
+                            "[%s] server broke the protocol: %s; closing the tunnel with %d",
+                            self.connection_id,
+                            exc,
+                            exc.close_code,
+                        )
+                        self.outcome.protocol_error = True
+                        self.outcome.close_code = int(exc.close_code)
+                        self.outcome.reason = exc.reason
+                        await self.websocket.close(int(exc.close_code), exc.reason)
+                        return
+                    if message is not None:
+                        self._dispatch(message)
                 self.kick()
         except ConnectionClosed:
             return
