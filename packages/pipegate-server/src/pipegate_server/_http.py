@@ -33,6 +33,7 @@ from ._wsframes import (
     OP_BINARY,
     OP_PING,
     OP_TEXT,
+    library_at_frame_boundary,
     scan_client_frame,
     server_frame,
     unmask,
@@ -212,7 +213,7 @@ def ws_protocol_class() -> Any:
 
         def data_received(self, data: bytes) -> None:
             if self._fast is None and self.conn.state is State.OPEN:
-                self._fast = _library_at_frame_boundary(self.conn)
+                self._fast = library_at_frame_boundary(self.conn)
             if not self._fast:
                 super().data_received(data)
                 return
@@ -340,26 +341,3 @@ def ws_protocol_class() -> Any:
                 self.transport.write(server_frame(OP_BINARY, message))
 
     return QueueDepthWebSocketProtocol
-
-
-def _library_at_frame_boundary(conn: Any) -> bool:
-    """True when websockets' parser has nothing buffered and waits for the first byte
-    of a frame, with no message in progress and no extension: from there on, whole
-    frames can be read past it, and any rest handed back to it at a frame boundary.
-
-    An empty buffer alone does not say it: the parser may have taken a frame's header
-    and wait for its payload. The innermost generator it waits in tells: ``at_eof``
-    between frames, ``read_exact`` within one. On a websockets without these
-    attributes the answer is False, and the library reads every frame.
-    """
-    try:
-        if conn.extensions or conn.current_size is not None or conn.reader.buffer:
-            return False
-        if conn.max_fragment_size is not None:
-            return False
-        waiting = conn.parser
-        while waiting.gi_yieldfrom is not None:
-            waiting = waiting.gi_yieldfrom
-        return bool(waiting.gi_code.co_name == "at_eof")
-    except AttributeError:
-        return False

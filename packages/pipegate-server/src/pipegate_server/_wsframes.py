@@ -13,12 +13,13 @@ about 0.7 µs. This module does only the common case and says so for anything el
   is :data:`NOT_PLAIN`, and the caller hands the bytes from that frame on to the
   library, which handles it or closes the connection with the right code.
 * :func:`server_frame` builds one final, unmasked server frame, as the library does.
+* :func:`library_at_frame_boundary` says when the library's parser may be passed by.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import Any, Final
 
 try:  # the library's C extension, as its own framing uses
     from websockets.speedups import apply_mask
@@ -32,6 +33,7 @@ __all__ = [
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "library_at_frame_boundary",
     "scan_client_frame",
     "server_frame",
     "unmask",
@@ -102,3 +104,26 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
     if length < 65536:
         return struct.pack("!BBH", 0x80 | opcode, 126, length) + payload
     return struct.pack("!BBQ", 0x80 | opcode, 127, length) + payload
+
+
+def library_at_frame_boundary(conn: Any) -> bool:
+    """True when websockets' parser has nothing buffered and waits for the first byte
+    of a frame, with no message in progress and no extension: from there on, whole
+    frames can be read past it, and any rest handed back to it at a frame boundary.
+
+    An empty buffer alone does not say it: the parser may have taken a frame's header
+    and wait for its payload. The innermost generator it waits in tells: ``at_eof``
+    between frames, ``read_exact`` within one. On a websockets without these
+    attributes the answer is False, and the library reads every frame.
+    """
+    try:
+        if conn.extensions or conn.current_size is not None or conn.reader.buffer:
+            return False
+        if conn.max_fragment_size is not None:
+            return False
+        waiting = conn.parser
+        while waiting.gi_yieldfrom is not None:
+            waiting = waiting.gi_yieldfrom
+        return bool(waiting.gi_code.co_name == "at_eof")
+    except AttributeError:
+        return False
