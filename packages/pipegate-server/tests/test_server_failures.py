@@ -242,6 +242,40 @@ async def test_silent_and_slow_heads_are_disconnected(pg: Any) -> None:
         assert health.status_code == 200
 
 
+async def _read_response(reader: asyncio.StreamReader) -> bytes:
+    """The status line of one Content-Length response; its body is read and dropped."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await asyncio.wait_for(reader.readexactly(length), 5)
+    return head.split(b"\r\n", 1)[0]
+
+
+async def test_the_head_deadline_runs_from_each_request_s_start(pg: Any) -> None:
+    health = b"GET /_pipegate/health HTTP/1.1\r\nHost: a\r\n\r\n"
+    async with pg.start_server(head_timeout=0.3) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        # Whole requests further apart than the deadline keep the connection.
+        for _ in range(2):
+            writer.write(health)
+            assert await _read_response(reader) == b"HTTP/1.1 200 OK"
+            await asyncio.sleep(0.45)
+        # A head that stalls soon after a whole request is cut 0.3 s after it began,
+        # not 0.3 s after the earlier request began.
+        writer.write(health)
+        assert await _read_response(reader) == b"HTTP/1.1 200 OK"
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        writer.write(b"GET /x/y HTTP/1.1\r\nHost: a\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert loop.time() - began >= 0.25
+        writer.close()
+
+
 async def test_oversized_headers_are_431(pg: Any) -> None:
     async with (
         pg.start_server(max_header_size=4096) as server,

@@ -68,6 +68,7 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0) -> Any:
             self._in_head = False
             self._head_is_whole = False
             self._head_timer: asyncio.TimerHandle | None = None
+            self._head_deadline: float | None = None
 
         def connection_made(self, transport: Any) -> None:
             # Corked: a response head and its body leave in one system call (_cork).
@@ -83,21 +84,38 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0) -> Any:
             super().handle_websocket_upgrade()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
+            self._stop_head_timer()
             super().connection_lost(exc)
 
+        # The head deadline is an attribute, checked by one timer per connection that
+        # re-arms itself only while a head is in progress: a timer set and cancelled
+        # for every request cost more than the rest of this class.
+
         def _start_head_timer(self) -> None:
-            if self._head_timer is None:
-                loop = asyncio.get_running_loop()
-                self._head_timer = loop.call_later(head_timeout, self._head_timed_out)
+            if self._head_deadline is None:
+                self._head_deadline = self.loop.time() + head_timeout
+                if self._head_timer is None:
+                    self._head_timer = self.loop.call_later(head_timeout, self._check_head)
 
         def _cancel_head_timer(self) -> None:
+            self._head_deadline = None  # a pending check finds nothing to do
+
+        def _stop_head_timer(self) -> None:
+            self._head_deadline = None
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
 
-        def _head_timed_out(self) -> None:
+        def _check_head(self) -> None:
             self._head_timer = None
+            deadline = self._head_deadline
+            if deadline is None:
+                return
+            remaining = deadline - self.loop.time()
+            if remaining > 0:
+                self._head_timer = self.loop.call_later(remaining, self._check_head)
+                return
+            self._head_deadline = None
             if not self.transport.is_closing():
                 logger.info(
                     "closing a connection without a complete request head after %g s", head_timeout
@@ -143,7 +161,7 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0) -> Any:
             super().on_headers_complete()
 
         def _hand_over_to_h11(self, head: bytes) -> None:
-            self._cancel_head_timer()
+            self._stop_head_timer()
             self.connections.discard(self)
             protocol = H11Protocol(
                 config=self.config, server_state=self.server_state, app_state=self.app_state
