@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import Iterable
 
 import pytest
-from pipegate_client._tunnel import TunnelConnection
+from pipegate_client._settings import ClientSettings
+from pipegate_client._tunnel import TunnelConnection, TunnelSession
 from pipegate_client._wsframes import MaskSource, client_frame
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
@@ -92,3 +93,67 @@ def test_masking_keys_differ_and_cross_buffer_refills() -> None:
     keys = [masks.take() for _ in range(2000)]  # two 4 KiB refills
     assert all(len(key) == 4 for key in keys)
     assert len(set(keys)) > 1900  # random 32-bit keys: collisions are rare
+
+
+class _StubWebSocket:
+    """Records what a session sends; ``send_now`` refuses while ``paused``, and
+    ``send_many`` then waits for ``resumed``, like a backed-up socket."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.resumed = asyncio.Event()
+        self.sent: list[list[str | bytes]] = []
+
+    def send_now(self, messages: list[str | bytes]) -> bool:
+        if self.paused:
+            return False
+        self.sent.append(list(messages))
+        return True
+
+    async def send_many(self, messages: list[str | bytes]) -> None:
+        if self.paused:
+            await self.resumed.wait()
+        self.sent.append(list(messages))
+
+
+async def test_flush_keeps_order_while_a_send_waits_for_the_socket() -> None:
+    stub = _StubWebSocket()
+    session = TunnelSession(
+        stub,  # type: ignore[arg-type]
+        ClientSettings(server_url="ws://127.0.0.1:1/node", client_token="t"),
+        None,  # type: ignore[arg-type]
+        on_established=lambda hello: None,
+    )
+    session.conn.data_to_send()  # our hello: not part of this test
+    stub.paused = True
+    session._pending = ["a"]
+    first = asyncio.create_task(session.flush())
+    await asyncio.sleep(0)  # first holds the lock, waiting for the socket
+    stub.paused = False  # writable again, but first has not sent yet
+    session._pending = ["b"]
+    second = asyncio.create_task(session.flush())
+    await asyncio.sleep(0)
+    assert stub.sent == []  # second must not overtake first
+    stub.resumed.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert stub.sent == [["a"], ["b"]]
+    session._pending = ["c", b"d"]
+    await session.flush()  # nothing in progress: written at once, without the lock
+    assert stub.sent == [["a"], ["b"], ["c", b"d"]]
+
+
+async def test_send_now_writes_nothing_while_the_socket_is_backed_up() -> None:
+    async with serve(_echo, "127.0.0.1", 0, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with connect(
+            f"ws://127.0.0.1:{port}", create_connection=TunnelConnection, compression=None
+        ) as websocket:
+            assert isinstance(websocket, TunnelConnection)
+            websocket.pause_writing()
+            assert not websocket.send_now(["held"])
+            sending = asyncio.create_task(websocket.send_many(["later"]))
+            await asyncio.sleep(0.01)
+            assert not sending.done()  # the library's path waits for the socket
+            websocket.resume_writing()
+            await asyncio.wait_for(sending, 5)
+            assert await asyncio.wait_for(websocket.recv(), 5) == "later"

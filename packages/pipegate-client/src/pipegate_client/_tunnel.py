@@ -250,26 +250,11 @@ class TunnelConnection(ClientConnection):
     # ------------------------------------------------------------ sending
 
     async def send_many(self, messages: Sequence[str | bytes]) -> None:
-        """Send ``messages`` in order (str as text, bytes as binary), in one write.
-
-        The usual case (connection open, socket not backed up) frames the messages
-        here and writes them at once: a whole unfragmented frame per message, which
-        is all the library would do, minus its per-message bookkeeping. Anything
-        else (closing, closed, paused for backpressure) takes the library's path,
-        which waits or raises :class:`ConnectionClosed` as it should.
-        """
-        if self.protocol.state is State.OPEN and not self.paused:
-            take = self._masks.take
-            frames = [
-                client_frame(OP_TEXT, message.encode(), take())
-                if isinstance(message, str)
-                else client_frame(OP_BINARY, message, take())
-                for message in messages
-            ]
-            if len(frames) == 1:
-                self.transport.write(frames[0])
-            else:
-                self.transport.writelines(frames)
+        """Send ``messages`` in order (str as text, bytes as binary), in one write when
+        :meth:`send_now` can; otherwise (closing, closed, paused for backpressure) by
+        the library's path, which waits or raises :class:`ConnectionClosed` as it
+        should."""
+        if self.send_now(messages):
             return
         async with self.send_context():
             protocol = self.protocol
@@ -278,6 +263,28 @@ class TunnelConnection(ClientConnection):
                     protocol.send_text(message.encode())
                 else:
                     protocol.send_binary(message)
+
+    def send_now(self, messages: Sequence[str | bytes]) -> bool:
+        """Write ``messages`` at once if the connection is open and the socket not
+        backed up (True); else write nothing (False).
+
+        The messages are framed here, a whole unfragmented frame each, which is all
+        the library would do, minus its per-message bookkeeping.
+        """
+        if self.protocol.state is not State.OPEN or self.paused:
+            return False
+        take = self._masks.take
+        frames = [
+            client_frame(OP_TEXT, message.encode(), take())
+            if isinstance(message, str)
+            else client_frame(OP_BINARY, message, take())
+            for message in messages
+        ]
+        if len(frames) == 1:
+            self.transport.write(frames[0])
+        else:
+            self.transport.writelines(frames)
+        return True
 
     def send_data(self) -> None:
         """Write what the protocol produced: frames in one ``writelines`` (a single
@@ -359,12 +366,19 @@ class TunnelSession:
     # ------------------------------------------------------------ sending
 
     async def flush(self) -> None:
+        """Send what is pending and what the core queued, in order."""
+        if not self._send_lock.locked():
+            # No send is in progress, so what is queued may leave at once; the usual
+            # case (socket open, not backed up) needs neither the lock nor a wait.
+            messages, self._pending = self._pending, []
+            messages.extend(self.conn.data_to_send())
+            if not messages or self.websocket.send_now(messages):
+                return
+            self._pending = messages
         async with self._send_lock:
             messages, self._pending = self._pending, []
             messages.extend(self.conn.data_to_send())
-            if len(messages) == 1:
-                await self.websocket.send(messages[0])
-            elif messages:
+            if messages:
                 await self.websocket.send_many(messages)
 
     def kick(self) -> None:
