@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import ssl
 from pathlib import Path
@@ -123,3 +124,17 @@ def test_client_settings_strip_trailing_slash_from_server_url() -> None:
     settings = ClientSettings(server_url="wss://example.com/node/", client_token="t")
     assert settings.server_url == "wss://example.com/node"
     assert settings.connection_id == "node"
+
+
+def test_tune_gc_freezes_start_up_objects_and_collects_less_often() -> None:
+    from pipegate_client.cli import GC_YOUNG_THRESHOLD, tune_gc
+
+    threshold = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+        assert GC_YOUNG_THRESHOLD > 700  # Python's default
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
