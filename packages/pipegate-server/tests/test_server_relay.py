@@ -30,6 +30,28 @@ async def test_get_relays_method_path_query_and_forwarded_headers(server: Any, p
     assert info["client_host"] == "127.0.0.1"
 
 
+async def test_a_trusted_proxy_s_forwarded_headers_are_kept_and_its_address_appended(
+    server: Any, pg: Any
+) -> None:
+    # The test's requests come from 127.0.0.1, which is trusted by default: as if
+    # through a TLS-terminating reverse proxy on the server's host.
+    async with pg.fake_client(server, "node", pg.echo_handler), httpx.AsyncClient() as http:
+        response = await http.get(
+            f"{server.base}/node/p",
+            headers=[
+                ("X-Forwarded-For", "198.51.100.1, 203.0.113.9"),
+                ("X-Forwarded-Proto", "https"),
+            ],
+        )
+    info = json.loads(response.headers["x-echo"])
+    headers = [tuple(h) for h in info["headers"]]
+    assert [v for n, v in headers if n == "x-forwarded-for"] == [
+        "198.51.100.1, 203.0.113.9, 127.0.0.1"  # the proxy's chain, then the proxy
+    ]
+    assert ("x-forwarded-proto", "https") in headers  # what the caller used
+    assert info["client_host"] == "203.0.113.9"  # the caller the proxy reported
+
+
 async def test_root_of_id_is_slash_and_body_echoes(server: Any, pg: Any) -> None:
     async with pg.fake_client(server, "node", pg.echo_handler), httpx.AsyncClient() as http:
         response = await http.request("PROPFIND", f"{server.base}/node", content=b"hello")

@@ -1,12 +1,16 @@
 """ASGI type aliases (the same shapes as ``starlette.types``, without importing it),
-and the payload of a ``websocket.receive`` event."""
+the payload of a ``websocket.receive`` event, and the scope key of the peer address."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-__all__ = ["Receive", "Scope", "Send", "websocket_payload"]
+__all__ = ["PEER", "Receive", "Scope", "Send", "websocket_payload"]
+
+#: Scope key of the connection's own peer address, kept before proxy-header handling
+#: may replace ``client`` with the address a trusted proxy reported.
+PEER = "pipegate.peer"
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

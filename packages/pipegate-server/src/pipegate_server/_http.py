@@ -24,7 +24,9 @@ import asyncio
 import logging
 from typing import Any
 
-from ._asgi import websocket_payload
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from ._asgi import PEER, Receive, Scope, Send, websocket_payload
 from ._cork import CorkedTransport
 from ._direct import DIRECT_EXTENSION, MessageSink
 from ._wsframes import (
@@ -41,7 +43,7 @@ from ._wsframes import (
 
 logger = logging.getLogger("pipegate.server")
 
-__all__ = ["http_protocol_class", "ws_protocol_class"]
+__all__ = ["PeerKeepingProxyHeaders", "http_protocol_class", "ws_protocol_class"]
 
 #: Bytes of a request head buffered for a possible hand-over; beyond that, no fallback.
 _MAX_BUFFERED_HEAD = 64 * 1024
@@ -359,3 +361,19 @@ def ws_protocol_class() -> Any:
                 self.transport.write(server_frame(OP_BINARY, message))
 
     return QueueDepthWebSocketProtocol
+
+
+class PeerKeepingProxyHeaders(ProxyHeadersMiddleware):
+    """uvicorn's proxy-header handling, keeping the connection's own peer address.
+
+    For a trusted proxy (``FORWARDED_ALLOW_IPS``, 127.0.0.1 by default, as uvicorn
+    does it), uvicorn replaces the scope's ``client`` with the caller the proxy
+    reported in X-Forwarded-For, and its ``scheme`` with X-Forwarded-Proto. The
+    relay appends the address *it* received the request from to X-Forwarded-For, so
+    it needs the peer itself: appending ``client`` instead repeated the caller's
+    address ("203.0.113.9, 203.0.113.9" instead of "203.0.113.9, 127.0.0.1").
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        scope[PEER] = scope.get("client")
+        await super().__call__(scope, receive, send)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from pipegate_protocol import (
     WebSocketData,
 )
 
-from ._asgi import Scope
+from ._asgi import PEER, Scope
 from ._registry import TunnelRegistry
 from ._settings import ServerSettings
 from ._tunnel import ASGIReceive, ASGISend, StreamChannel, Tunnel
@@ -185,9 +185,11 @@ class Relay:
             elif name in _FORWARDED or (websocket and name in _WS_HANDSHAKE):
                 continue
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        client = scope.get("client")
-        if client:
-            forwarded_for.append(str(client[0]))
+        # The address this request came from: a trusted proxy's, not the caller's
+        # it reported (see _http.PeerKeepingProxyHeaders).
+        peer = scope.get(PEER, scope.get("client"))
+        if peer:
+            forwarded_for.append(str(peer[0]))
         if forwarded_for:
             headers.append(("x-forwarded-for", ", ".join(forwarded_for)))
         headers.append(("x-forwarded-proto", _http_scheme(scope)))

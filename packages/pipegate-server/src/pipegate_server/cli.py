@@ -26,7 +26,7 @@ from typing import Any
 import uvicorn
 
 from ._app import Gateway, __version__, create_app
-from ._http import http_protocol_class, ws_protocol_class
+from ._http import PeerKeepingProxyHeaders, http_protocol_class, ws_protocol_class
 from ._settings import ServerSettings
 from .errors import ConfigurationError
 
@@ -256,10 +256,15 @@ def uvicorn_config(
     costs CPU on every message); uvicorn's own WebSocket pings are off because the
     protocol's heartbeat covers tunnels; ``ws_max_size`` fits the largest frame. The
     Server and Date headers are off so relayed responses carry only the local app's.
+    Proxy headers are trusted from ``$FORWARDED_ALLOW_IPS`` (default 127.0.0.1), as
+    uvicorn does, through a middleware that keeps the peer address for
+    X-Forwarded-For (``_http.PeerKeepingProxyHeaders``).
     """
     _install_denial_filter(access_log)
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
     return uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        PeerKeepingProxyHeaders(app, trusted_hosts=trusted),  # type: ignore[arg-type]
+        proxy_headers=False,  # done by the middleware above
         host=host,
         port=port,
         ssl_keyfile=ssl_keyfile,
