@@ -4,11 +4,15 @@ with flow control, and what the caller gets when the local app fails."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
+import socket
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from pipegate_protocol import (
     CAPABILITY_WEBSOCKET,
     Data,
@@ -191,6 +195,44 @@ async def test_client_answers_502_when_local_app_is_down(harness: Any, unused_po
             assert head.status == 502
             assert ("content-type", "text/plain; charset=utf-8") in head.headers
             assert body == f"local app at {local_url} unreachable: connection refused\n".encode()
+        assert not task.done()
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A loopback port whose listener never accepts and whose queue is full: the
+    kernel drops new SYNs there, so a connect hangs until its timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_client_answers_502_when_the_local_connect_times_out(
+    harness: Any, unanswered_port: int
+) -> None:
+    local_url = f"http://127.0.0.1:{unanswered_port}"
+    settings = harness.settings(local_url=local_url, local_connect_timeout=0.3)
+    async with harness.run(settings) as (_client, _output, task):
+        fake = await harness.server.next_tunnel()
+        head, body = await fake.request("GET", "/anything")
+        assert head.status == 502
+        assert (
+            body == f"local app at {local_url} unreachable: no connection within 0.3 s\n".encode()
+        )
         assert not task.done()
 
 

@@ -849,6 +849,8 @@ class HTTP1Pool:
         except BaseException as exc:
             self._opening -= 1
             self._wake_waiter()  # the room this attempt held is free again
+            if isinstance(exc, TimeoutError) and self.connect_timeout is not None:
+                raise LocalConnectError(f"no connection within {self.connect_timeout:g} s") from exc
             if isinstance(exc, OSError | TimeoutError):  # ssl.SSLError is an OSError
                 raise LocalConnectError(describe_failure(exc)) from exc
             raise
