@@ -15,6 +15,12 @@ anything else:
   oversized frame) is :data:`NOT_PLAIN`, and the caller hands the bytes from that
   frame on to the library, which handles it or fails the connection with the right
   close code.
+* :func:`library_at_frame_boundary` says when the library's parser may be passed by.
+
+``pipegate_server._wsframes`` is this module's twin for the other direction. The two
+packages are released independently and the protocol package stays free of
+websockets, so each keeps its own copy: a fix to the framing or to the boundary check
+belongs in both.
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ about 0.7 µs. This module does only the common case and says so for anything el
   library, which handles it or closes the connection with the right code.
 * :func:`server_frame` builds one final, unmasked server frame, as the library does.
 * :func:`library_at_frame_boundary` says when the library's parser may be passed by.
+
+``pipegate_client._wsframes`` is this module's twin for the other direction (unmasked
+server frames, masked client frames). The two packages are released independently
+and the protocol package stays free of websockets, so each keeps its own copy: a fix
+to the framing or to the boundary check belongs in both.
 """
 
 from __future__ import annotations
