@@ -22,7 +22,8 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from ._backoff import Backoff
 from ._local import LocalApp
 from ._settings import ClientSettings
-from ._tunnel import AGENT, TunnelConnection, TunnelSession
+from ._tunnel import AGENT, TunnelSession
+from ._wsconnection import TunnelConnection
 from .errors import (
     ConfigurationError,
     TokenRefusedError,
