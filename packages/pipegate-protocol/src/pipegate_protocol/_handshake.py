@@ -1,11 +1,16 @@
-"""Pure helpers for the WebSocket upgrade that opens a tunnel (rules HS-1 to HS-3)
-and for the header rewriting the spec allows (HD-4)."""
+"""Pure helpers for the WebSocket upgrade that opens a tunnel (rules HS-1 to HS-3).
+
+:data:`HOP_BY_HOP_HEADERS` and :func:`strip_hop_by_hop` (HD-4) are importable from
+here as before; they live in :mod:`._policy` with the rest of the relay policy."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
+
+# HD-4 lives with the other relay policy; re-exported here, where it was first defined.
+from ._policy import HOP_BY_HOP_HEADERS, strip_hop_by_hop
 
 __all__ = [
     "CLIENT_TOKEN_HEADER",
@@ -26,21 +31,6 @@ CONNECTION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 RESERVED_PREFIX = "_pipegate"
 #: Alternative to ``Authorization: Bearer`` for presenting the client token (HS-2).
 CLIENT_TOKEN_HEADER = "pipegate-client-token"
-
-#: Connection-specific headers that a relay must not forward (RFC 9110 section 7.6.1).
-HOP_BY_HOP_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 
 
 def is_valid_connection_id(value: str) -> bool:
@@ -88,15 +78,3 @@ def extract_client_token(headers: Iterable[tuple[str, str]]) -> str | None:
         elif lowered == CLIENT_TOKEN_HEADER and value.strip() and fallback is None:
             fallback = value.strip()
     return fallback
-
-
-def strip_hop_by_hop(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Drop hop-by-hop headers, including any that ``Connection`` names (HD-4).
-
-    Order and duplicates of everything else are kept.
-    """
-    drop = set(HOP_BY_HOP_HEADERS)
-    for name, value in headers:
-        if name.lower() == "connection":
-            drop.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return [(name, value) for name, value in headers if name.lower() not in drop]
