@@ -4,7 +4,8 @@ The local handshake happens first; its outcome becomes the stream's response (10
 the subprotocol the local app chose, or the local app's refusal with its status, headers
 and body). Then messages flow both ways as fragments of at most the peer's frame size,
 each direction flow controlled, and a close on either side ends the stream with the
-same code and reason on the other.
+same code and reason on the other; a code no close frame may carry is translated
+(WS-5: :func:`pipegate_protocol.close_code_for_relay` and ``close_code_for_hop``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from pipegate_protocol import ResetCode, WebSocketClose, WebSocketData, strip_hop_by_hop
+from pipegate_protocol import (
+    ResetCode,
+    WebSocketClose,
+    WebSocketData,
+    close_code_for_hop,
+    close_code_for_relay,
+    strip_hop_by_hop,
+)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
@@ -22,7 +30,7 @@ from websockets.typing import Subprotocol
 from ._local import LocalApp, send_plain_error, wire_str
 from ._stream import StreamChannel
 
-__all__ = ["relay_websocket", "sendable_close_code"]
+__all__ = ["relay_websocket"]
 
 logger = logging.getLogger("pipegate_client")
 
@@ -45,16 +53,6 @@ _HANDSHAKE_RESPONSE_HEADERS = frozenset(
 #: Largest single frame we accept from the local app (websockets delivers a frame
 #: whole); messages of many frames may be any size, they are relayed as they arrive.
 _MAX_LOCAL_FRAME = 64 * 1024 * 1024
-
-
-def sendable_close_code(code: int | None) -> int:
-    """A close code that may appear on the wire (RFC 6455 7.4), for one that might not:
-    "no status" becomes 1000, "abnormal closure" and TLS failure become 1011."""
-    if code is None or code in (1006, 1015):
-        return 1011
-    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
-        return code
-    return 1000
 
 
 def _subprotocols(headers: tuple[tuple[str, str], ...]) -> list[Subprotocol]:
@@ -177,10 +175,10 @@ async def _local_to_tunnel(
             await channel.send_websocket(pending or b"", text=text, fin=True)
     except ConnectionClosed as exc:
         if exc.rcvd is not None:
-            code, reason = sendable_close_code(exc.rcvd.code), exc.rcvd.reason
+            code, reason = close_code_for_relay(exc.rcvd.code), exc.rcvd.reason
         elif exc.sent is not None and exc.sent.code != 1000:
             # We failed the local connection (e.g. 1009, a frame over our limit).
-            code, reason = sendable_close_code(exc.sent.code), exc.sent.reason
+            code, reason = close_code_for_relay(exc.sent.code), exc.sent.reason
         else:
             code, reason = 1011, "local app connection lost"
         outcome.append(f"by local app ({code})")
@@ -194,7 +192,7 @@ async def _tunnel_to_local(
         item = await channel.inbox.get()
         if isinstance(item, WebSocketClose):
             outcome.append(f"by caller ({item.code})")
-            await local.close(sendable_close_code(item.code), item.reason)
+            await local.close(close_code_for_hop(item.code), item.reason)
             return
         if not isinstance(item, WebSocketData):
             continue
@@ -206,7 +204,7 @@ async def _tunnel_to_local(
         await local.send(_fragments(channel, item, close_seen), text=item.text)
         if close_seen:
             outcome.append(f"by caller ({close_seen[0].code})")
-            await local.close(sendable_close_code(close_seen[0].code), close_seen[0].reason)
+            await local.close(close_code_for_hop(close_seen[0].code), close_seen[0].reason)
             return
 
 

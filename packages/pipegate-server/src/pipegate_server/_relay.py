@@ -19,13 +19,19 @@ import logging
 from collections.abc import Callable, Sequence
 
 from pipegate_protocol import (
-    HOP_BY_HOP_HEADERS,
+    FORWARDING_HEADERS,
     Data,
     ResetCode,
     Response,
     StreamKind,
     WebSocketClose,
     WebSocketData,
+    close_code_for_hop,
+    close_code_for_relay,
+    close_code_for_reset,
+    forwarding_headers,
+    raw_hop_by_hop_names,
+    strip_hop_by_hop,
 )
 
 from ._asgi import PEER, Scope
@@ -48,8 +54,9 @@ __all__ = ["Relay", "send_plain"]
 
 logger = logging.getLogger("pipegate.server")
 
-_HOP_BY_HOP = frozenset(name.encode("latin-1") for name in HOP_BY_HOP_HEADERS)
-_FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"})
+#: Forwarding headers a caller sent that the server replaces (HD-5); X-Forwarded-For
+#: is appended to instead.
+_FORWARDED = frozenset(name.encode("latin-1") for name in FORWARDING_HEADERS) - {b"x-forwarded-for"}
 #: Per-connection WebSocket handshake headers the client's own handshake replaces.
 _WS_HANDSHAKE = frozenset(
     {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"}
@@ -152,23 +159,17 @@ class Relay:
         to X-Forwarded-For. Order and duplicates of everything else are kept.
         """
         raw: list[tuple[bytes, bytes]] = scope["headers"]
-        drop: set[bytes] | None = None
-        size = 0
-        for name, value in raw:
-            size += len(name) + len(value) + 4
-            if name == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",") if t.strip()}
-                drop = tokens if drop is None else drop | tokens
         limit = self.settings.max_header_size
-        if limit and size > limit:
+        if limit and sum(len(name) + len(value) + 4 for name, value in raw) > limit:
             raise HeadersTooLargeError(f"the request headers exceed {limit} bytes")
+        drop = raw_hop_by_hop_names(raw)
         headers: list[tuple[str, str]] = []
         content_length: int | None = None
         chunked = False
         host = ""
         forwarded_for: list[str] = []
         for name, value in raw:
-            if name in _HOP_BY_HOP or (drop is not None and name in drop):
+            if name in drop:
                 if name == b"transfer-encoding":
                     chunked = True
                 continue
@@ -188,14 +189,13 @@ class Relay:
         # The address this request came from: a trusted proxy's, not the caller's
         # it reported (see _http.PeerKeepingProxyHeaders).
         peer = scope.get(PEER, scope.get("client"))
-        if peer:
-            forwarded_for.append(str(peer[0]))
-        if forwarded_for:
-            headers.append(("x-forwarded-for", ", ".join(forwarded_for)))
-        headers.append(("x-forwarded-proto", _http_scheme(scope)))
-        if host:
-            headers.append(("x-forwarded-host", host))
-        headers.append(("x-forwarded-prefix", "/" + connection_id))
+        headers += forwarding_headers(
+            scheme=_http_scheme(scope),
+            host=host,
+            prefix="/" + connection_id,
+            peer=str(peer[0]) if peer else None,
+            forwarded_for=forwarded_for,
+        )
         return headers, content_length, chunked
 
     async def _await_head(
@@ -267,7 +267,7 @@ class Relay:
                 end_stream=not has_body,
             )
         except RelayError as exc:
-            self._log_failure(scope, connection_id, exc)
+            self._record_outcome(scope, connection_id, exc)
             await send_plain(
                 send,
                 exc.status,
@@ -309,9 +309,9 @@ class Relay:
         try:
             head = await self._await_head(tunnel, channel, start_pump)
         except RelayError as exc:
+            self._record_outcome(scope, tunnel.connection_id, exc)
             if isinstance(exc, CallerGoneError):
                 return
-            self._log_failure(scope, tunnel.connection_id, exc)
             extra = _error_headers(exc)
             if not channel.request_done:
                 extra.append((b"connection", b"close"))
@@ -320,9 +320,8 @@ class Relay:
         status = head.status
         out_headers = [
             (name.encode("latin-1"), value.encode("latin-1"))
-            for name, value in head.headers
-            if name.lower() not in HOP_BY_HOP_HEADERS
-            and not (status in _NO_BODY_STATUSES and name.lower() == "content-length")
+            for name, value in strip_hop_by_hop(head.headers)
+            if not (status in _NO_BODY_STATUSES and name.lower() == "content-length")
         ]
         if head.end_stream:
             channel.response_done = True
@@ -336,7 +335,7 @@ class Relay:
             # uvicorn refuses a body that contradicts the Content-Length the local app
             # sent; the caller's connection is closed, which is the honest outcome.
             tunnel.reset(channel, ResetCode.INTERNAL_ERROR, "invalid response from the local app")
-            self._log_failure(
+            self._record_outcome(
                 scope, tunnel.connection_id, RelayError(f"invalid response: {exc}"), aborted=True
             )
 
@@ -354,8 +353,7 @@ class Relay:
             try:
                 item = await channel.next()
             except RelayError as exc:
-                if not isinstance(exc, CallerGoneError):
-                    self._log_failure(scope, tunnel.connection_id, exc, aborted=True)
+                self._record_outcome(scope, tunnel.connection_id, exc, aborted=True)
                 return  # uvicorn closes the connection: the caller sees a truncated body
             if isinstance(item, Data):
                 if item.end_stream:
@@ -401,9 +399,18 @@ class Relay:
         except RelayError:
             return  # the stream already failed; the responding side reports it
 
-    def _log_failure(
+    def _record_outcome(
         self, scope: Scope, connection_id: str, error: RelayError, *, aborted: bool = False
     ) -> None:
+        """The one place a relayed request's failure is written down (today the
+        ``request failed`` log line; later an observer's end-or-reset event).
+
+        ``aborted`` means the response had started, so the caller saw its connection
+        cut rather than ``error.status``. A caller that went away
+        (:class:`CallerGoneError`) got no answer and is not logged.
+        """
+        if isinstance(error, CallerGoneError):
+            return
         outcome = "aborted" if aborted else str(error.status)
         logger.info(
             "request failed: id=%s %s %s -> %s: %s",
@@ -444,7 +451,7 @@ class Relay:
                 end_stream=True,
             )
         except RelayError as exc:
-            self._log_failure(scope, connection_id, exc)
+            self._record_outcome(scope, connection_id, exc)
             await deny_websocket(scope, send, exc.status, str(exc), _error_headers(exc))
             return
         try:
@@ -463,7 +470,7 @@ class Relay:
         try:
             head = await self._await_head(tunnel, channel)
         except RelayError as exc:
-            self._log_failure(scope, tunnel.connection_id, exc)
+            self._record_outcome(scope, tunnel.connection_id, exc)
             await deny_websocket(scope, send, exc.status, str(exc), _error_headers(exc))
             return
         if head.status != 101:
@@ -471,11 +478,11 @@ class Relay:
             return
         subprotocol: str | None = None
         extra: list[tuple[bytes, bytes]] = []
-        for name, value in head.headers:
+        for name, value in strip_hop_by_hop(head.headers):
             lowered = name.lower()
             if lowered == "sec-websocket-protocol":
                 subprotocol = value.strip() or None
-            elif lowered.startswith("sec-websocket-") or lowered in HOP_BY_HOP_HEADERS:
+            elif lowered.startswith("sec-websocket-"):
                 continue
             else:
                 extra.append((lowered.encode("latin-1"), value.encode("latin-1")))
@@ -514,8 +521,8 @@ class Relay:
                 ended = item.end_stream
         headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in head.headers
-            if name.lower() not in HOP_BY_HOP_HEADERS and name.lower() != "content-length"
+            for name, value in strip_hop_by_hop(head.headers)
+            if name.lower() != "content-length"
         ]
         await send(
             {"type": "websocket.http.response.start", "status": head.status, "headers": headers}
@@ -536,7 +543,8 @@ class Relay:
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
-                    code = _close_code_for_tunnel(int(message.get("code", 1005)))
+                    # WS-5: on this hop it is always the caller who goes away.
+                    code = close_code_for_relay(message.get("code"), went_away=True)
                     tunnel.send_websocket_close(channel, code, str(message.get("reason") or ""))
                     channel.fail(CallerGoneError("the caller closed the WebSocket"))
                     return
@@ -568,14 +576,13 @@ class Relay:
                     await send({"type": "websocket.close", "code": 1001, "reason": "tunnel closed"})
                     return
                 except RelayError as exc:
-                    # WS-4: a reset closes the caller with 1011, or 1001 when cancelled
-                    cancelled = isinstance(exc, StreamResetError) and exc.reset_code == "cancelled"
+                    reset = exc.code if isinstance(exc, StreamResetError) else None
                     reason = str(exc).encode("utf-8")[:120].decode("utf-8", "ignore")
-                    code = 1001 if cancelled else 1011
+                    code = close_code_for_reset(reset)
                     await send({"type": "websocket.close", "code": code, "reason": reason})
                     return
                 if isinstance(item, WebSocketClose):
-                    code = _close_code_for_caller(item.code)
+                    code = close_code_for_hop(item.code)
                     reason = item.reason if code == item.code else ""
                     await send({"type": "websocket.close", "code": code, "reason": reason})
                     return
@@ -617,20 +624,3 @@ def _expects_continue(scope: Scope) -> bool:
 
 def _http_scheme(scope: Scope) -> str:
     return "https" if scope.get("scheme") in ("https", "wss") else "http"
-
-
-def _close_code_for_tunnel(code: int) -> int:
-    """The code to relay in ``ws_close``: the observed one, 1005 and 1006 included (WS-5)."""
-    return code if 1000 <= code <= 4999 else 1006
-
-
-#: Codes a WebSocket close frame may carry (RFC 6455 section 7.4) below 3000.
-_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
-
-
-def _close_code_for_caller(code: int) -> int:
-    """The code to close the caller's hop with (WS-5): 1005 ("no status") has no ASGI
-    form and becomes 1000; 1006, 1015 and other unsendable codes become 1011."""
-    if code in _SENDABLE or 3000 <= code <= 4999:
-        return code
-    return 1000 if code == 1005 else 1011

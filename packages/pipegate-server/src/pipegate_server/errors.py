@@ -15,6 +15,11 @@ The whole tree::
         ├── ResponseTimeoutError  no response head within --response-timeout     (504)
         └── CallerGoneError       the public caller disconnected; nothing is sent (499)
 
+Each status is the one docs/protocol.md HD-10 gives its failure
+(:func:`pipegate_protocol.status_for_failure`). Code that needs to know why a stream
+was reset reads :attr:`StreamResetError.code`, a :class:`~pipegate_protocol.ResetCode`,
+never the message text.
+
 A :class:`RelayError` is never shown to a caller as a traceback: the relay answers
 with ``status`` and the one-line ``str(error)`` as a ``text/plain`` body when the
 response has not started yet, and aborts the connection otherwise. Errors of
@@ -22,6 +27,8 @@ response has not started yet, and aborts the connection otherwise. Errors of
 """
 
 from __future__ import annotations
+
+from pipegate_protocol import RelayFailure, ResetCode, failure_for_reset, status_for_failure
 
 __all__ = [
     "BodyTooLargeError",
@@ -36,6 +43,7 @@ __all__ = [
     "TunnelBusyError",
     "TunnelClosedError",
     "TunnelNotFoundError",
+    "error_for_reset",
 ]
 
 
@@ -65,52 +73,85 @@ class RelayError(ServerError):
 class TunnelNotFoundError(RelayError):
     """No tunnel is connected for the id in the request path."""
 
-    status = 404
+    status = status_for_failure(RelayFailure.NO_TUNNEL)
 
 
 class BodyTooLargeError(RelayError):
     """The request body is larger than the server accepts."""
 
-    status = 413
+    status = status_for_failure(RelayFailure.BODY_TOO_LARGE)
 
 
 class HeadersTooLargeError(RelayError):
     """The request head (headers) is larger than the server accepts."""
 
-    status = 431
+    status = status_for_failure(RelayFailure.HEAD_TOO_LARGE)
 
 
 class TunnelBusyError(RelayError):
     """The tunnel cannot take another stream now; the caller may retry later."""
 
-    status = 503
+    status = status_for_failure(RelayFailure.BUSY)
     retry_after = 1
 
 
 class TunnelClosedError(RelayError):
     """The tunnel closed (or is going away) while the request was in flight."""
 
-    status = 502
+    status = status_for_failure(RelayFailure.TUNNEL_CLOSED)
 
 
 class StreamResetError(RelayError):
     """The tunnel client abandoned the stream, e.g. because the local app failed.
 
-    ``reset_code`` is the protocol's reset code (``"upstream_failed"``, ...) when the
-    client sent one.
+    :attr:`code` is the protocol's reset code the client sent (``None`` when the
+    stream ended without one). :attr:`reset_code` is the same as a string (``""``
+    for none), kept for code written before :attr:`code` existed; assigning either
+    sets both.
     """
 
-    status = 502
-    reset_code = ""
+    status = status_for_failure(RelayFailure.UPSTREAM_FAILED)
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: ResetCode | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.code: ResetCode | None = code
+
+    @property
+    def reset_code(self) -> str:
+        """:attr:`code` as a string, ``""`` when there is none."""
+        return "" if self.code is None else self.code.value
+
+    @reset_code.setter
+    def reset_code(self, value: str) -> None:
+        self.code = ResetCode(value) if value else None
 
 
 class ResponseTimeoutError(RelayError):
     """The local app did not produce a response head in time."""
 
-    status = 504
+    status = status_for_failure(RelayFailure.TIMEOUT)
 
 
 class CallerGoneError(RelayError):
     """The public caller went away; the stream is reset and nobody is answered."""
 
     status = 499
+
+
+_ERROR_FOR_FAILURE: dict[RelayFailure, type[RelayError]] = {
+    RelayFailure.TIMEOUT: ResponseTimeoutError,
+    RelayFailure.BODY_TOO_LARGE: BodyTooLargeError,
+    RelayFailure.BUSY: TunnelBusyError,
+}
+
+
+def error_for_reset(code: ResetCode, message: str) -> RelayError:
+    """The error a request fails with when the client resets its stream (HD-10):
+    the error of :func:`pipegate_protocol.failure_for_reset`'s failure, with its
+    status, or a :class:`StreamResetError` carrying ``code``."""
+    error_type = _ERROR_FOR_FAILURE.get(failure_for_reset(code))
+    if error_type is None:
+        return StreamResetError(message, code=code)
+    return error_type(message)
