@@ -58,6 +58,7 @@ from .errors import (
     FlowControlError,
     FrameTooLargeError,
     LocalProtocolError,
+    MessageTooLargeError,
     StreamLimitError,
     StreamStateError,
     VersionMismatchError,
@@ -615,7 +616,7 @@ class Connection:
 
     def _spend_window(self, stream_id: int, stream: _Stream, size: int) -> None:
         if size > self.peer_limits.max_frame_size:
-            raise LocalProtocolError(
+            raise MessageTooLargeError(
                 f"{size} bytes exceed the peer's max_frame_size {self.peer_limits.max_frame_size}"
             )
         if size > stream.send_window:
@@ -658,7 +659,7 @@ class Connection:
             if size * 4 > limit:
                 size = len(encoded.encode("utf-8"))
             if size > limit:
-                raise LocalProtocolError(
+                raise MessageTooLargeError(
                     f"{message.type} of {size} bytes exceeds the peer's max_frame_size {limit}"
                 )
         self._outgoing.append(encoded)

@@ -4,6 +4,8 @@ The whole tree::
 
     ProtocolError                 the rules of docs/protocol.md were broken
     ├── LocalProtocolError        *we* misused the API (a bug in the caller's shell)
+    │   └── MessageTooLargeError  a message we would send exceeds the peer's
+    │                             max_frame_size (e.g. a request head: answer 431)
     └── RemoteProtocolError       the *peer* broke the protocol: close the tunnel
         ├── DecodeError           a WebSocket message is not a PipeGate message   (1002)
         ├── FrameTooLargeError    a message exceeds the advertised max_frame_size (1009)
@@ -27,6 +29,7 @@ __all__ = [
     "FlowControlError",
     "FrameTooLargeError",
     "LocalProtocolError",
+    "MessageTooLargeError",
     "ProtocolError",
     "RemoteProtocolError",
     "StreamLimitError",
@@ -77,6 +80,13 @@ class LocalProtocolError(ProtocolError):
     """The caller asked for something the protocol forbids (a bug on our side)."""
 
     close_code = CloseCode.INTERNAL_ERROR
+
+
+class MessageTooLargeError(LocalProtocolError):
+    """A message we would send does not fit the peer's ``max_frame_size`` (FR-5).
+
+    Nothing was queued. For a request head the server answers the caller 431.
+    """
 
 
 class RemoteProtocolError(ProtocolError):
