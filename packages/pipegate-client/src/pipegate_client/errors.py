@@ -9,8 +9,17 @@ The whole tree::
     │   └── VersionRefusedError    400 or no subprotocol: no common protocol version    exit 4
     └── LocalAppError              a call to the local app failed (.reason, one line)
         ├── LocalConnectError      no connection: refused, timed out, unknown name, TLS
+        │   ├── LocalRefusedError          nothing listens there ("connection refused")
+        │   ├── LocalConnectTimeoutError   no connection within the connect timeout
+        │   ├── LocalNameError             the local host name does not resolve
+        │   └── LocalTLSError              the TLS handshake failed
+        │       └── LocalCertificateError  the local app's certificate failed verification
         ├── LocalRequestError      the request cannot be written as HTTP/1.1
         └── LocalResponseError     the local app closed the connection or broke HTTP/1.1
+            └── LocalConnectionLostError   the socket failed mid-exchange (reset, TLS)
+
+Socket and TLS exceptions (:class:`OSError` and its subclasses) become these classes in
+one place, by type and errno, never by message text (``_http1_errors.py``).
 
 Errors the client recovers from by itself (the server is down, restarts, sends a
 broken frame, refuses a duplicate id with 409) never leave :meth:`TunnelClient.run`;
@@ -92,3 +101,42 @@ class LocalRequestError(LocalAppError):
 class LocalResponseError(LocalAppError):
     """The local app closed the connection before the end of its response, or sent
     something that is not HTTP/1.1."""
+
+
+# ---------------------------------------------------------------------- typed local failures
+# What a socket or TLS exception from a call to the local app becomes; the reason
+# strings are those of the parent classes before these existed.
+
+__all__ += [
+    "LocalCertificateError",
+    "LocalConnectTimeoutError",
+    "LocalConnectionLostError",
+    "LocalNameError",
+    "LocalRefusedError",
+    "LocalTLSError",
+]
+
+
+class LocalRefusedError(LocalConnectError):
+    """The local app's address refused the connection (nothing listens on the port)."""
+
+
+class LocalConnectTimeoutError(LocalConnectError):
+    """No connection within the connect timeout, or the system's own connect timed out."""
+
+
+class LocalNameError(LocalConnectError):
+    """The local app's host name did not resolve (:class:`socket.gaierror`)."""
+
+
+class LocalTLSError(LocalConnectError):
+    """The TLS handshake with an ``https://`` local app failed."""
+
+
+class LocalCertificateError(LocalTLSError):
+    """The local app's certificate failed verification (unknown CA, wrong name...)."""
+
+
+class LocalConnectionLostError(LocalResponseError):
+    """The connection failed under an exchange with an error of the socket or TLS
+    (reset, broken pipe), as opposed to a clean close by the local app."""
