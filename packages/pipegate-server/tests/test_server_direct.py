@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import uvicorn
 from pipegate_server._direct import DIRECT_EXTENSION, DirectWebSocket
-from pipegate_server._http import ws_protocol_class
+from pipegate_server._internals import ws_protocol_class
 from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 from websockets.speedups import apply_mask

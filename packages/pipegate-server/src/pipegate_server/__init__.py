@@ -1,11 +1,13 @@
 """PipeGate server: the public end of a tunnel.
 
-``create_app(ServerSettings(...))`` builds the ASGI application (FastAPI); the
-``pipegate-server`` command line runs it under uvicorn. Everything importable from
-here is public.
+``create_app(ServerSettings(...))`` builds the ASGI application (proxy headers around
+FastAPI); ``create_server(settings, host=..., port=...)`` builds the uvicorn server
+around it, exactly as the ``pipegate-server`` command line runs it. Everything
+importable from here is public.
 """
 
 from ._app import Gateway, __version__, create_app
+from ._factory import PipeGateServer, ServerApp, create_server
 from ._settings import ServerSettings
 from .errors import (
     BodyTooLargeError,
@@ -28,8 +30,10 @@ __all__ = [
     "ConfigurationError",
     "Gateway",
     "HeadersTooLargeError",
+    "PipeGateServer",
     "RelayError",
     "ResponseTimeoutError",
+    "ServerApp",
     "ServerError",
     "ServerSettings",
     "StreamResetError",
@@ -39,4 +43,5 @@ __all__ = [
     "TunnelNotFoundError",
     "__version__",
     "create_app",
+    "create_server",
 ]

@@ -4,10 +4,11 @@ Through ASGI, every tunnel message costs a dict, a trip through an
 :class:`asyncio.Queue` and a wake-up of the tunnel's reader task on the way in, and a
 dict and an awaited ``send`` on the way out: three messages per small request (open,
 response head, body). When the server runs on our own uvicorn WebSocket protocol
-(``_http.ws_protocol_class``), the protocol offers itself in the scope under
-:data:`DIRECT_EXTENSION`; the tunnel then takes received messages in a callback and
-writes its messages straight to the protocol. Handshake, close and disconnect still
-go through ASGI, and any other ASGI server simply does not offer the extension.
+(``_internals.ws_protocol_class``, not with ``--no-fast-path``), the protocol offers
+itself in the scope under :data:`DIRECT_EXTENSION`; the tunnel then takes received
+messages in a callback and writes its messages straight to the protocol. Handshake,
+close and disconnect still go through ASGI, and any other ASGI server (or uvicorn's
+own protocol) simply does not offer the extension.
 """
 
 from __future__ import annotations

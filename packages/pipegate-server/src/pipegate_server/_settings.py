@@ -67,6 +67,10 @@ class ServerSettings:
     shutdown_grace: float = 20.0
     #: Failed token attempts per address per minute before refusals are slowed down.
     bad_token_budget: int = 10
+    #: Run on the fast path (``_internals``: uvicorn protocol subclasses, frames read
+    #: past websockets' parser, the direct tunnel line); False runs uvicorn's own
+    #: protocols through public APIs only (``--no-fast-path``).
+    fast_path: bool = True
 
     def __post_init__(self) -> None:
         if not self.client_token and self.tokens_file is None:

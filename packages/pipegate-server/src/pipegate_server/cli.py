@@ -11,26 +11,27 @@ token file and the tokens file.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import logging
 import os
 import re
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
-import uvicorn
-
-from ._app import Gateway, __version__, create_app
-from ._http import PeerKeepingProxyHeaders, http_protocol_class, ws_protocol_class
+from ._app import __version__
+from ._factory import PipeGateServer, create_server, uvicorn_config
 from ._settings import ServerSettings
 from .errors import ConfigurationError
 
-__all__ = ["build_parser", "main", "parse_size", "settings_from_args", "uvicorn_config"]
+__all__ = [
+    "build_parser",
+    "main",
+    "parse_size",
+    "server_from_args",
+    "settings_from_args",
+    "uvicorn_config",
+]
 
 TOKEN_ENV = "PIPEGATE_CLIENT_TOKEN"
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -189,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP parser: auto = httptools (fast) handing requests with methods it does "
         "not know to h11, so every method token is relayed (default auto)",
     )
+    parser.add_argument(
+        "--no-fast-path",
+        dest="fast_path",
+        action="store_false",
+        help="run on uvicorn's own protocols (h11 for --http auto, websockets-sansio) "
+        "and public APIs only: no subclassed protocols, no reads of library internals, "
+        "no direct tunnel line; slower, for diagnosis and for library versions the "
+        "fast path was not tested with",
+    )
     parser.add_argument("--version", action="version", version=f"pipegate-server {__version__}")
     return parser
 
@@ -232,125 +242,23 @@ def settings_from_args(
         shutdown_grace=args.shutdown_grace,
         head_timeout=args.head_timeout,
         hello_timeout=args.hello_timeout,
+        fast_path=args.fast_path,
     )
 
 
-def uvicorn_config(
-    app: object,
-    settings: ServerSettings,
-    *,
-    host: str = "0.0.0.0",
-    port: int = 8000,
-    ssl_keyfile: str | None = None,
-    ssl_certfile: str | None = None,
-    log_level: str = "info",
-    access_log: bool = False,
-    http: str = "auto",
-    **overrides: Any,
-) -> uvicorn.Config:
-    """The uvicorn configuration the server needs.
-
-    uvloop and httptools are used when installed; with ``http="auto"`` a request whose
-    method httptools does not know is handed to h11 (see ``_http``). Per-message
-    compression is off (tunnel frames are mostly already-compressed bodies, and it
-    costs CPU on every message); uvicorn's own WebSocket pings are off because the
-    protocol's heartbeat covers tunnels; ``ws_max_size`` fits the largest frame. The
-    Server and Date headers are off so relayed responses carry only the local app's.
-    Proxy headers are trusted from ``$FORWARDED_ALLOW_IPS`` (default 127.0.0.1), as
-    uvicorn does, through a middleware that keeps the peer address for
-    X-Forwarded-For (``_http.PeerKeepingProxyHeaders``).
-    """
-    _install_denial_filter(access_log)
-    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
-    return uvicorn.Config(
-        PeerKeepingProxyHeaders(app, trusted_hosts=trusted),  # type: ignore[arg-type]
-        proxy_headers=False,  # done by the middleware above
-        host=host,
-        port=port,
-        ssl_keyfile=ssl_keyfile,
-        ssl_certfile=ssl_certfile,
-        log_level=log_level,
-        access_log=access_log,
-        ws_max_size=settings.ws_max_size,
-        ws_per_message_deflate=False,
-        ws_ping_interval=None,
-        ws_ping_timeout=None,
-        server_header=False,
-        date_header=False,
-        lifespan="on",
-        http=http_protocol_class(http, settings.head_timeout),
-        **{"ws": ws_protocol_class(), **overrides},
+def server_from_args(args: argparse.Namespace, settings: ServerSettings) -> PipeGateServer:
+    """The server the command line runs: :func:`~pipegate_server.create_server` with
+    the network and logging flags; raises :class:`ConfigurationError`."""
+    return create_server(
+        settings,
+        host=args.host,
+        port=args.port,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        http=args.http,
     )
-
-
-class _DenialLogFilter(logging.Filter):
-    """Keeps uvicorn's WebSocket logging to what the server's own lines do not say.
-
-    uvicorn's websockets-sansio protocol does not mark the handshake complete after an
-    ASGI ``websocket.http.response`` denial and then logs "ASGI callable returned
-    without completing handshake." for every refused upgrade (401/403/404/409...);
-    the server always accepts or denies, so that line is never a real error here.
-    Without ``--access-log`` the per-connection WebSocket lines ("connection open",
-    '"WebSocket /id" 403', ...) are dropped too: the server logs one line per tunnel
-    event itself.
-    """
-
-    def __init__(self, access_log: bool) -> None:
-        super().__init__()
-        self.access_log = access_log
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message == "ASGI callable returned without completing handshake.":
-            return False
-        if self.access_log:
-            return True
-        return not (
-            message in ("connection open", "connection closed")
-            or message.startswith("connection rejected")
-            or '"WebSocket /' in message
-        )
-
-
-def _install_denial_filter(access_log: bool) -> None:
-    uvicorn_logger = logging.getLogger("uvicorn.error")
-    for old in [f for f in uvicorn_logger.filters if isinstance(f, _DenialLogFilter)]:
-        uvicorn_logger.removeFilter(old)
-    uvicorn_logger.addFilter(_DenialLogFilter(access_log))
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, but the first SIGTERM/SIGINT drains the gateway before stopping."""
-
-    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
-        super().__init__(config)
-        self.gateway = gateway
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._draining = False
-        self._drain_task: asyncio.Task[None] | None = None
-
-    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
-        self._loop = asyncio.get_running_loop()
-        if hasattr(signal, "SIGHUP"):
-            self._loop.add_signal_handler(signal.SIGHUP, self.gateway.reload)
-        await super().serve(sockets)  # type: ignore[arg-type]
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._draining or self._loop is None:
-            self.force_exit = self._draining
-            self.should_exit = True
-            return
-        self._draining = True
-        self._loop.call_soon_threadsafe(self._start_drain)
-
-    def _start_drain(self) -> None:
-        self._drain_task = asyncio.ensure_future(self._drain())
-
-    async def _drain(self) -> None:
-        try:
-            await self.gateway.drain()
-        finally:
-            self.should_exit = True
 
 
 #: The collector's young-generation threshold while serving (Python's default: 700).
@@ -378,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)
-        app = create_app(settings)
+        server = server_from_args(args, settings)
     except ConfigurationError as exc:
         print(f"pipegate-server: error: {exc}", file=sys.stderr)
         return 2
@@ -386,18 +294,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = uvicorn_config(
-        app,
-        settings,
-        host=args.host,
-        port=args.port,
-        ssl_keyfile=args.ssl_keyfile,
-        ssl_certfile=args.ssl_certfile,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        http=args.http,
-    )
-    server = _Server(config, app.state.gateway)
     tune_gc()
     server.run()
     return 0

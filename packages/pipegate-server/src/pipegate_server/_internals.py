@@ -1,21 +1,50 @@
-"""uvicorn's fast httptools protocol, with h11 as the fallback for unusual methods,
-and a deadline for request heads.
+"""Every reach of the server under a library's private API, in one module.
 
-A tunnel must relay every method token (RFC 9110 allows any), but llhttp, the parser
-inside httptools, knows only a fixed table of methods and answers 400 to the rest.
-h11 accepts any token but costs noticeably more per request. This protocol parses
-with httptools and, when llhttp rejects a request's *method* at the start of a
-request on an otherwise idle connection, hands that connection to uvicorn's h11
-protocol and replays the bytes of the request received so far — exactly what
-uvicorn itself does when it upgrades a connection to WebSocket.
+The server's fast path subclasses uvicorn's protocols and reads websockets' parser
+state. Nothing else in the package does; ``--no-fast-path``
+(``ServerSettings.fast_path=False``) runs uvicorn's own ``httptools``/``h11`` and
+``websockets-sansio`` protocols and touches none of this. The pins in
+``pyproject.toml`` stop below the first versions not tested with it.
 
-uvicorn closes idle keep-alive connections, but not a new connection that sends
-nothing or a request head that never completes (slowloris). This protocol closes a
-connection whose request head is not complete ``head_timeout`` seconds after the
-connection opened or the head began.
+Reaches (tested with uvicorn 0.50.0 and 0.54.0, websockets 13.0 and 17.4, httptools
+0.6.0 and 0.9.0; uvicorn 0.35.0-0.49.0 lack ``self.frames`` and fail):
 
-Its transport is a :class:`~pipegate_server._cork.CorkedTransport`, which gathers the
-writes of one loop turn into one system call, until a WebSocket upgrade.
+1. ``uvicorn.protocols.http.httptools_impl.HttpToolsProtocol``, subclassed by
+   :func:`http_protocol_class`: overrides ``__init__``, ``connection_made``,
+   ``connection_lost``, ``data_received`` (a copy of uvicorn's, catching
+   ``httptools.HttpParserInvalidMethodError`` apart), ``on_message_begin``,
+   ``on_headers_complete``, ``handle_websocket_upgrade``; reads and replaces
+   ``self.transport``; reads ``pipeline``, ``cycle.response_complete``, ``parser``,
+   ``loop``, ``logger``, ``connections``, ``config``, ``server_state``, ``app_state``;
+   calls ``_unset_keepalive_if_required``, ``send_400_response``, ``_should_upgrade``,
+   ``_unsupported_upgrade_warning``. Why: a corked transport for callers
+   (:mod:`._cork`), a deadline for request heads (slowloris), and the hand-over below.
+2. ``uvicorn.protocols.http.h11_impl.H11Protocol``, built with ``config``,
+   ``server_state`` and ``app_state`` and fed the replayed request: a request whose
+   method llhttp does not know goes to h11, so every method token is relayed.
+3. ``uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol``,
+   subclassed by :func:`ws_protocol_class`: overrides ``handle_connect`` (offers the
+   direct line of :mod:`._direct` in the scope), ``data_received``,
+   ``send_receive_event_to_app``, ``receive`` and ``send``; reads and writes ``conn``,
+   ``frames``, ``curr_msg_data_type``, ``close_sent``, ``disconnected``, ``queue``,
+   ``read_paused``, ``writable``, ``handshake_complete``, ``transport``, ``scope``;
+   calls ``handle_ping``, ``handle_pong``, ``handle_parser_exception``. Why: plain
+   frames read and written past the library (:mod:`pipegate_tunnel._wsframes`),
+   pausing reads by queue depth instead of per message, and no false "ASGI callable
+   returned without completing handshake" error after an HTTP denial of an upgrade.
+4. websockets' sans-I/O ``ServerProtocol`` (uvicorn's ``self.conn``), in
+   :func:`library_at_frame_boundary`: ``extensions``, ``current_size``,
+   ``reader.buffer``, ``max_fragment_size``, and the generator chain of ``parser``
+   (``gi_yieldfrom``, ``gi_code.co_name == "at_eof"``). Why: frames may be read past
+   the parser only from a frame boundary. Missing attributes answer False, and the
+   library then reads every frame.
+5. ``websockets.speedups.apply_mask``, the library's C masking function (not in its
+   documented API), passed to the frame scanner: the standard-library fallback is
+   6 to 170 times slower.
+
+``PeerKeepingProxyHeaders`` subclasses uvicorn's public ``ProxyHeadersMiddleware`` and
+calls only its public ``__call__``; it is here because it is uvicorn-specific, and is
+used with and without the fast path.
 """
 
 from __future__ import annotations
@@ -24,34 +53,54 @@ import asyncio
 import logging
 from typing import Any
 
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
-from ._asgi import PEER, Receive, Scope, Send, websocket_payload
-from ._cork import CorkedTransport
-from ._direct import DIRECT_EXTENSION, MessageSink
-from ._wsframes import (
+from pipegate_tunnel import (
     NEED_MORE,
     NOT_PLAIN,
     OP_BINARY,
     OP_PING,
     OP_TEXT,
-    library_at_frame_boundary,
+    MaskFunction,
     scan_client_frame,
     server_frame,
     unmask,
 )
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from ._asgi import PEER, Receive, Scope, Send, websocket_payload
+from ._cork import CorkedTransport
+from ._direct import DIRECT_EXTENSION, MessageSink
+
+try:  # the library's C extension, as its own framing uses
+    from websockets.speedups import apply_mask as _library_mask
+except ImportError:  # pragma: no cover - a pure-Python build of websockets
+    from websockets.utils import apply_mask as _library_mask
 
 logger = logging.getLogger("pipegate.server")
 
-__all__ = ["PeerKeepingProxyHeaders", "http_protocol_class", "ws_protocol_class"]
+__all__ = [
+    "PeerKeepingProxyHeaders",
+    "http_protocol_class",
+    "library_at_frame_boundary",
+    "ws_protocol_class",
+]
+
+#: websockets' masking function (reach 5), typed as the frame scanner expects it.
+MASK: MaskFunction = _library_mask
 
 #: Bytes of a request head buffered for a possible hand-over; beyond that, no fallback.
 _MAX_BUFFERED_HEAD = 64 * 1024
 
 
-def http_protocol_class(choice: str, head_timeout: float = 10.0) -> Any:
+def http_protocol_class(choice: str, head_timeout: float = 10.0, *, fast_path: bool = True) -> Any:
     """The uvicorn ``http`` setting for ``--http``: ``auto`` is httptools with the h11
-    fallback and the head deadline when httptools is installed, else h11."""
+    fallback and the head deadline when httptools is installed, else h11.
+
+    Without the fast path, ``auto`` is uvicorn's plain h11 protocol (every method token
+    is relayed, as with the fast path; there is no head deadline) and ``httptools`` or
+    ``h11`` are uvicorn's own protocols.
+    """
+    if not fast_path:
+        return "h11" if choice == "auto" else choice
     if choice != "auto":
         return choice
     try:
@@ -183,8 +232,9 @@ _WS_LOW_WATER = 16
 _NO_LIMIT = 2**63
 
 
-def ws_protocol_class() -> Any:
-    """The uvicorn ``ws`` setting: websockets-sansio with flow control by queue depth.
+def ws_protocol_class(*, fast_path: bool = True) -> Any:
+    """The uvicorn ``ws`` setting: websockets-sansio with flow control by queue depth
+    (without the fast path, uvicorn's own ``websockets-sansio`` protocol).
 
     uvicorn's websockets-sansio protocol pauses reading after *every* message it
     queues for the app and resumes once the app emptied the queue. For a tunnel,
@@ -197,6 +247,8 @@ def ws_protocol_class() -> Any:
     ASGI queue (:mod:`pipegate_server._direct`). Falls back to uvicorn's choice when
     this uvicorn has no websockets-sansio protocol.
     """
+    if not fast_path:
+        return "websockets-sansio"
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import (
             WebSocketsSansIOProtocol,
@@ -210,7 +262,7 @@ def ws_protocol_class() -> Any:
 
     class QueueDepthWebSocketProtocol(WebSocketsSansIOProtocol):
         """websockets-sansio, pausing reads by queue depth rather than per message,
-        reading plain frames itself (:mod:`pipegate_server._wsframes`) and offering a
+        reading plain frames itself (:mod:`pipegate_tunnel._wsframes`) and offering a
         tunnel the direct line of :mod:`pipegate_server._direct`."""
 
         _sink: MessageSink | None = None
@@ -265,7 +317,7 @@ def ws_protocol_class() -> Any:
                     return
                 if opcode == NOT_PLAIN:
                     break
-                payload = unmask(data, view, start, end)
+                payload = unmask(data, view, start, end, MASK)
                 pos = end
                 if opcode == OP_TEXT:
                     try:
@@ -301,6 +353,15 @@ def ws_protocol_class() -> Any:
                 self._deliver(text)
             else:
                 self._deliver(data)
+
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if message["type"] == "websocket.http.response.body" and not message.get(
+                "more_body", False
+            ):
+                # The denial is complete: uvicorn would otherwise log "ASGI callable
+                # returned without completing handshake." and try a 500 after it.
+                self.handshake_complete = True
 
         def _deliver(self, message: str | bytes) -> None:
             sink = self._sink
@@ -377,3 +438,26 @@ class PeerKeepingProxyHeaders(ProxyHeadersMiddleware):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
         scope[PEER] = scope.get("client")
         await super().__call__(scope, receive, send)  # type: ignore[arg-type]
+
+
+def library_at_frame_boundary(conn: Any) -> bool:
+    """True when websockets' parser has nothing buffered and waits for the first byte
+    of a frame, with no message in progress and no extension: from there on, whole
+    frames can be read past it, and any rest handed back to it at a frame boundary.
+
+    An empty buffer alone does not say it: the parser may have taken a frame's header
+    and wait for its payload. The innermost generator it waits in tells: ``at_eof``
+    between frames, ``read_exact`` within one. On a websockets without these
+    attributes the answer is False, and the library reads every frame.
+    """
+    try:
+        if conn.extensions or conn.current_size is not None or conn.reader.buffer:
+            return False
+        if conn.max_fragment_size is not None:
+            return False
+        waiting = conn.parser
+        while waiting.gi_yieldfrom is not None:
+            waiting = waiting.gi_yieldfrom
+        return bool(waiting.gi_code.co_name == "at_eof")
+    except AttributeError:
+        return False

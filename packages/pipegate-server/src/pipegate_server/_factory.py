@@ -1,0 +1,208 @@
+"""One way to build the server: the ASGI stack and the uvicorn server around it.
+
+The command line and programmatic users get the same stack from here:
+
+* :class:`ServerApp` — what :func:`~pipegate_server.create_app` returns: uvicorn's
+  proxy-header handling (keeping the peer address, ``_internals.PeerKeepingProxyHeaders``)
+  around the :class:`~pipegate_server._app.PipeGateApp`. Mounted under any ASGI
+  server, it behaves as under the command line.
+* :func:`uvicorn_config` — the uvicorn options the server needs, with the fast-path
+  protocols of :mod:`._internals` (or uvicorn's own with ``fast_path=False``).
+* :func:`create_server` — both, as a :class:`PipeGateServer` ready to ``run()``; the
+  command line calls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from ._internals import PeerKeepingProxyHeaders, http_protocol_class, ws_protocol_class
+from ._settings import ServerSettings
+
+if TYPE_CHECKING:
+    from ._app import Gateway, PipeGateApp
+
+__all__ = ["PipeGateServer", "ServerApp", "create_server", "uvicorn_config"]
+
+#: Environment variable naming the proxies whose X-Forwarded-* headers are trusted,
+#: as uvicorn reads it; 127.0.0.1 when unset.
+FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"
+
+#: uvicorn's WebSocket protocol modules, whose INFO lines are per-connection access lines.
+_UVICORN_WEBSOCKET_MODULES = frozenset(
+    {"websockets_sansio_impl", "websockets_impl", "wsproto_impl"}
+)
+
+
+class ServerApp(PeerKeepingProxyHeaders):
+    """The server's whole ASGI stack: proxy headers, then the :class:`PipeGateApp`.
+
+    Proxy headers are trusted from ``forwarded_allow_ips`` (default
+    ``$FORWARDED_ALLOW_IPS``, else 127.0.0.1), as uvicorn does it.
+    """
+
+    def __init__(self, app: PipeGateApp, forwarded_allow_ips: str | None = None) -> None:
+        trusted = forwarded_allow_ips or os.environ.get(FORWARDED_ALLOW_IPS, "127.0.0.1")
+        super().__init__(app, trusted_hosts=trusted)  # type: ignore[arg-type]
+        self.pipegate_app = app
+
+    @property
+    def state(self) -> Any:
+        """The FastAPI app's ``state`` (``state.gateway`` is the :class:`Gateway`)."""
+        return self.pipegate_app.state
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.pipegate_app.gateway
+
+
+def uvicorn_config(
+    app: object,
+    settings: ServerSettings,
+    *,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+    ssl_keyfile: str | None = None,
+    ssl_certfile: str | None = None,
+    log_level: str = "info",
+    access_log: bool = False,
+    http: str = "auto",
+    **overrides: Any,
+) -> uvicorn.Config:
+    """The uvicorn configuration the server needs, for ``app`` (a :class:`ServerApp`
+    from :func:`~pipegate_server.create_app`; any other app is wrapped in the same
+    proxy-header handling).
+
+    uvloop and httptools are used when installed; with ``http="auto"`` a request whose
+    method httptools does not know is handed to h11 (see ``_internals``). Per-message
+    compression is off (tunnel frames are mostly already-compressed bodies, and it
+    costs CPU on every message); uvicorn's own WebSocket pings are off because the
+    protocol's heartbeat covers tunnels; ``ws_max_size`` fits the largest frame. The
+    Server and Date headers are off so relayed responses carry only the local app's.
+    ``settings.fast_path=False`` selects uvicorn's own protocols (public API only).
+    """
+    _install_websocket_log_filter(access_log)
+    if not isinstance(app, PeerKeepingProxyHeaders):
+        trusted = os.environ.get(FORWARDED_ALLOW_IPS, "127.0.0.1")
+        app = PeerKeepingProxyHeaders(app, trusted_hosts=trusted)  # type: ignore[arg-type]
+    return uvicorn.Config(
+        app,
+        proxy_headers=False,  # done by the app's own middleware
+        host=host,
+        port=port,
+        ssl_keyfile=ssl_keyfile,
+        ssl_certfile=ssl_certfile,
+        log_level=log_level,
+        access_log=access_log,
+        ws_max_size=settings.ws_max_size,
+        ws_per_message_deflate=False,
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        server_header=False,
+        date_header=False,
+        lifespan="on",
+        http=http_protocol_class(http, settings.head_timeout, fast_path=settings.fast_path),
+        **{"ws": ws_protocol_class(fast_path=settings.fast_path), **overrides},
+    )
+
+
+class PipeGateServer(uvicorn.Server):
+    """uvicorn, but the first SIGTERM/SIGINT drains the gateway before stopping, and
+    SIGHUP reloads its credentials."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        if hasattr(signal, "SIGHUP"):
+            self._loop.add_signal_handler(signal.SIGHUP, self.gateway.reload)
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._loop is None:
+            self.force_exit = self._draining
+            self.should_exit = True
+            return
+        self._draining = True
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self.gateway.drain()
+        finally:
+            self.should_exit = True
+
+
+def create_server(
+    settings: ServerSettings,
+    *,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+    ssl_keyfile: str | None = None,
+    ssl_certfile: str | None = None,
+    log_level: str = "info",
+    access_log: bool = False,
+    http: str = "auto",
+    **overrides: Any,
+) -> PipeGateServer:
+    """The server for ``settings``, as the command line runs it: ``create_server(...).run()``.
+
+    Raises :class:`~pipegate_server.errors.ConfigurationError` when the credentials
+    cannot be loaded. The app is ``server.config.app`` (a :class:`ServerApp`).
+    """
+    from ._app import create_app  # _app builds on this module's ServerApp
+
+    app = create_app(settings)
+    config = uvicorn_config(
+        app,
+        settings,
+        host=host,
+        port=port,
+        ssl_keyfile=ssl_keyfile,
+        ssl_certfile=ssl_certfile,
+        log_level=log_level,
+        access_log=access_log,
+        http=http,
+        **overrides,
+    )
+    return PipeGateServer(config, app.gateway)
+
+
+class WebSocketAccessLogFilter(logging.Filter):
+    """Keeps uvicorn's per-connection WebSocket lines out of the log unless
+    ``--access-log``: the server logs one line per tunnel event itself.
+
+    Decided on the record's attributes only (its level and the uvicorn module that
+    logged it), never on its text.
+    """
+
+    def __init__(self, access_log: bool) -> None:
+        super().__init__()
+        self.access_log = access_log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.access_log or record.levelno > logging.INFO:
+            return True
+        return record.module not in _UVICORN_WEBSOCKET_MODULES
+
+
+def _install_websocket_log_filter(access_log: bool) -> None:
+    uvicorn_logger = logging.getLogger("uvicorn.error")
+    for old in [f for f in uvicorn_logger.filters if isinstance(f, WebSocketAccessLogFilter)]:
+        uvicorn_logger.removeFilter(old)
+    uvicorn_logger.addFilter(WebSocketAccessLogFilter(access_log))
