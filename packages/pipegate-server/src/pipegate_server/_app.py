@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from pipegate_protocol import (
@@ -41,6 +41,9 @@ from ._relay import Relay, deny_websocket, send_plain
 from ._settings import ServerSettings
 from ._tunnel import Tunnel
 from .errors import ConfigurationError, ServerError
+
+if TYPE_CHECKING:
+    from ._factory import ServerApp
 
 __all__ = ["Gateway", "PipeGateApp", "create_app"]
 
@@ -294,14 +297,18 @@ class PipeGateApp(FastAPI):
         )
 
 
-def create_app(settings: ServerSettings) -> PipeGateApp:
+def create_app(settings: ServerSettings) -> ServerApp:
     """Build the server application for ``settings``.
 
     Raises :class:`~pipegate_server.errors.ConfigurationError` when the credentials
-    cannot be loaded. The returned app carries its :class:`Gateway` as
-    ``app.state.gateway``. Run it under uvicorn with per-message compression off and
-    ``ws_max_size >= settings.ws_max_size`` (the command line does).
+    cannot be loaded. The returned app is the whole ASGI stack the command line serves
+    (proxy headers around the :class:`PipeGateApp`, see ``_factory.ServerApp``) and
+    carries its :class:`Gateway` as ``app.gateway`` and ``app.state.gateway``. Run it
+    with :func:`~pipegate_server.create_server`, or under uvicorn with per-message
+    compression off and ``ws_max_size >= settings.ws_max_size``.
     """
+    from ._factory import ServerApp  # _factory imports this module
+
     gateway = Gateway(settings)
 
     @asynccontextmanager
@@ -331,4 +338,4 @@ def create_app(settings: ServerSettings) -> PipeGateApp:
             "protocol_versions": [v.value for v in KNOWN_VERSIONS],
         }
 
-    return app
+    return ServerApp(app)
