@@ -1,5 +1,17 @@
-"""PipeGate's asyncio tunnel shell, shared by the server and the client."""
+"""PipeGate's asyncio tunnel shell, shared by the server and the client.
 
+One asyncio layer over the sans-I/O core of :mod:`pipegate_protocol`, as websockets
+keeps ``asyncio/`` beside its sans-I/O protocol: :class:`TunnelShell` (reader
+dispatch, ordered writer, heartbeat, hello timeout, go-away and close) with a
+:class:`StreamChannel` per stream, driven through a :class:`MessageTransport`; a
+:class:`StreamObserver` hook; and a sans-I/O WebSocket frame scanner and builder.
+See ``docs/architecture.md``.
+"""
+
+from ._channel import StreamChannel
+from ._observer import StreamObserver
+from ._shell import CLOSE_TIMEOUT, HIGH_WATER, LOW_WATER, Heartbeat, TunnelShell
+from ._transport import MessageTransport
 from ._wsframes import (
     NEED_MORE,
     NOT_PLAIN,
@@ -18,15 +30,22 @@ from ._wsframes import (
 )
 
 __all__: list[str] = [
-    # WebSocket frames, sans-I/O (_wsframes)
+    "CLOSE_TIMEOUT",
+    "HIGH_WATER",
+    "LOW_WATER",
     "NEED_MORE",
     "NOT_PLAIN",
     "OP_BINARY",
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "Heartbeat",
     "MaskFunction",
     "MaskSource",
+    "MessageTransport",
+    "StreamChannel",
+    "StreamObserver",
+    "TunnelShell",
     "apply_mask",
     "client_frame",
     "scan_client_frame",
