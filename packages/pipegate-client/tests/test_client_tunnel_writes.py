@@ -126,21 +126,32 @@ async def test_flush_keeps_order_while_a_send_waits_for_the_socket() -> None:
         on_established=lambda hello: None,
     )
     session.conn.data_to_send()  # our hello: not part of this test
+    pending: list[str | bytes] = []
+
+    def take() -> list[str | bytes]:
+        out = list(pending)
+        pending.clear()
+        return out
+
+    session.conn.data_to_send = take  # type: ignore[method-assign]
+    writer = asyncio.create_task(session._write_loop())
     stub.paused = True
-    session._pending = ["a"]
-    first = asyncio.create_task(session.flush())
-    await asyncio.sleep(0)  # first holds the lock, waiting for the socket
-    stub.paused = False  # writable again, but first has not sent yet
-    session._pending = ["b"]
-    second = asyncio.create_task(session.flush())
+    pending[:] = ["a"]
+    session.flush()  # refused by the socket: the writer takes it and waits
     await asyncio.sleep(0)
-    assert stub.sent == []  # second must not overtake first
+    stub.paused = False  # writable again, but the writer has not sent yet
+    pending[:] = ["b"]
+    session.flush()
+    await asyncio.sleep(0)
+    assert stub.sent == []  # "b" must not overtake "a"
     stub.resumed.set()
-    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    for _ in range(10):
+        await asyncio.sleep(0)
     assert stub.sent == [["a"], ["b"]]
-    session._pending = ["c", b"d"]
-    await session.flush()  # nothing in progress: written at once, without the lock
+    pending[:] = ["c", b"d"]
+    session.flush()  # nothing in progress: written at once, by the caller
     assert stub.sent == [["a"], ["b"], ["c", b"d"]]
+    writer.cancel()
 
 
 async def test_send_now_writes_nothing_while_the_socket_is_backed_up() -> None:

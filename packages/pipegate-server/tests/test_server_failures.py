@@ -303,11 +303,13 @@ async def test_head_the_protocol_cannot_carry_is_400(server: Any, pg: Any) -> No
 async def test_stream_channel_lost_tunnel_delivers_what_arrived_first() -> None:
     """A response that arrived whole is not thrown away by the tunnel closing after it;
     a reset, by contrast, decides the outcome at once."""
-    from pipegate_server._tunnel import StreamChannel
-    from pipegate_server.errors import StreamResetError, TunnelClosedError
+    from types import SimpleNamespace
 
-    loop = asyncio.get_running_loop()
-    lost = StreamChannel(1, loop)
+    from pipegate_server.errors import StreamResetError, TunnelClosedError
+    from pipegate_tunnel import StreamChannel
+
+    shell: Any = SimpleNamespace(loop=asyncio.get_running_loop(), observer=None)
+    lost = StreamChannel(shell, 1, method="GET", path="/")
     lost.deliver(Data(1, b"head"))
     lost.deliver(Data(1, b"tail", end_stream=True))
     lost.fail(TunnelClosedError("gone"), drain_first=True)
@@ -320,7 +322,7 @@ async def test_stream_channel_lost_tunnel_delivers_what_arrived_first() -> None:
     else:
         raise AssertionError("the failure must follow the queued messages")
 
-    reset = StreamChannel(3, loop)
+    reset = StreamChannel(shell, 3, method="GET", path="/")
     reset.deliver(Data(3, b"stale"))
     reset.fail(StreamResetError("reset by client"))
     try:

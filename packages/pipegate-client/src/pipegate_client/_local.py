@@ -23,7 +23,7 @@ from pipegate_protocol import LocalProtocolError, ResetCode, strip_hop_by_hop
 
 from ._http1 import HTTP1Pool, HTTP1Response, Origin, describe_failure
 from ._settings import ClientSettings
-from ._stream import StreamChannel, StreamGone
+from ._stream import LocalStream, StreamGone
 from .errors import LocalAppError, LocalConnectError
 
 __all__ = ["LocalApp", "relay_http", "send_plain_error", "wire_str"]
@@ -118,7 +118,7 @@ class LocalApp:
         return f"local app at {self.label} failed: {describe_failure(exc)}"
 
 
-def request_headers(channel: StreamChannel) -> list[tuple[str, str]]:
+def request_headers(channel: LocalStream) -> list[tuple[str, str]]:
     """Headers for the local app: the caller's, minus hop-by-hop, ``Host`` (the local
     URL's authority is sent; the original is in X-Forwarded-Host) and ``Expect`` (the
     body is already on its way; waiting for a 100 from the local app could stall an
@@ -130,7 +130,7 @@ def request_headers(channel: StreamChannel) -> list[tuple[str, str]]:
     ]
 
 
-async def relay_http(channel: StreamChannel, app: LocalApp, connection_id: str) -> None:
+async def relay_http(channel: LocalStream, app: LocalApp, connection_id: str) -> None:
     """Relay one HTTP stream to the local app and its answer back, both bodies streamed.
 
     Errors before the response head become a 502 with a one-line reason; after it, the
@@ -156,7 +156,7 @@ async def relay_http(channel: StreamChannel, app: LocalApp, connection_id: str) 
     except LocalAppError as exc:
         if channel.response_started:
             status = f"{status} (local app failed mid-body: {exc.reason})"
-            await channel.reset(ResetCode.UPSTREAM_FAILED, f"local app failed: {exc.reason}")
+            channel.reset(ResetCode.UPSTREAM_FAILED, f"local app failed: {exc.reason}")
         else:
             status = 502
             await send_plain_error(channel, 502, app.unreachable_reason(exc))
@@ -180,10 +180,10 @@ async def relay_http(channel: StreamChannel, app: LocalApp, connection_id: str) 
     if channel.is_open and not await channel.discard_request_body(
         limit=_DISCARD_LIMIT, seconds=_DISCARD_TIMEOUT
     ):
-        await channel.reset(ResetCode.CANCELLED, "response complete; request body not read")
+        channel.reset(ResetCode.CANCELLED, "response complete; request body not read")
 
 
-async def send_plain_error(channel: StreamChannel, status: int, reason: str) -> None:
+async def send_plain_error(channel: LocalStream, status: int, reason: str) -> None:
     """Answer with ``status`` and ``reason`` as a one-line text/plain body."""
     body = (reason + "\n").encode("utf-8")
     headers = [
@@ -191,10 +191,10 @@ async def send_plain_error(channel: StreamChannel, status: int, reason: str) -> 
         ("content-length", str(len(body))),
     ]
     await channel.send_response(status, headers)
-    await channel.send_body(body, end_stream=True)
+    await channel.send_data(body, end_stream=True)
 
 
-async def _relay_response(channel: StreamChannel, response: HTTP1Response, app: LocalApp) -> None:
+async def _relay_response(channel: LocalStream, response: HTTP1Response, app: LocalApp) -> None:
     status = response.status
     headers = strip_hop_by_hop(
         [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers]
@@ -216,19 +216,19 @@ async def _relay_response(channel: StreamChannel, response: HTTP1Response, app: 
         )
         return
     if no_body:
-        await channel.link.flush()
+        await channel.flush()
         return
     chunk = response.read_nowait(channel.immediate_capacity())
     if not chunk and not response.at_eof:
-        await channel.link.flush()  # nothing yet (e.g. server-sent events): head now
+        await channel.flush()  # nothing yet (e.g. server-sent events): head now
     while True:
         if chunk or response.at_eof:
             end = response.at_eof
-            await channel.send_body(chunk, end_stream=end)
+            await channel.send_data(chunk, end_stream=end)
             if end:
                 return
         size = await channel.send_capacity()
         chunk = await response.read(size)
         if not chunk:
-            await channel.send_body(b"", end_stream=True)
+            await channel.send_data(b"", end_stream=True)
             return

@@ -1,34 +1,28 @@
-"""One tunnel session: a connected WebSocket and the protocol core that runs over it.
+"""One tunnel session: the client's role on the shared :class:`~pipegate_tunnel.TunnelShell`.
 
-Tasks of a session:
+The shell (``pipegate_tunnel``) reads, writes in order, pings, enforces the hello
+timeout and closes, for both roles. What is the client's alone lives here:
 
-* the *reader* (:meth:`TunnelSession.run`) feeds every WebSocket message to the core
-  and dispatches the result; it never waits on the network to write, so window updates
-  and pongs from the server are always read even when our output is backed up;
-* the *writer* flushes what the reader queued (pongs, window updates) when kicked;
-* one *stream task* per stream (HTTP relay or WebSocket relay), which waits for the
-  socket when it sends, so a slow server slows the local app down instead of filling
-  memory;
-* the *heartbeat* pings a silent server and closes the tunnel when no answer comes.
-
-Every send goes through :meth:`TunnelSession.flush`, which drains the core's queue
-under one lock so that messages leave in the order the core produced them.
+* :class:`WebSocketTransport`, the shell's view of the websockets connection;
+* a *stream task* per stream the server opens (an HTTP relay or a WebSocket relay to
+  the local app), cancelled when the server resets the stream;
+* :class:`SessionOutcome`, what the reconnect loop needs to know of how it ended;
+* graceful shutdown: go-away, a grace period for open streams, then close 1000.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from pipegate_protocol import (
     CAPABILITY_WEBSOCKET,
     CloseCode,
     Connection,
-    Data,
     GoAway,
     GoAwayReason,
     Hello,
@@ -39,23 +33,75 @@ from pipegate_protocol import (
     ResetCode,
     Role,
     StreamKind,
-    WebSocketClose,
-    WebSocketData,
-    WindowUpdate,
 )
+from pipegate_tunnel import Heartbeat, StreamChannel, TunnelShell
+from pipegate_tunnel.errors import StreamGone, TransportClosed
 from websockets.exceptions import ConnectionClosed
 
 from ._local import LocalApp, relay_http
 from ._settings import ClientSettings
-from ._stream import StreamChannel, StreamGone
+from ._stream import LocalStream
 from ._websocket import relay_websocket
-from ._wsconnection import TunnelConnection
 
-__all__ = ["SessionOutcome", "TunnelConnection", "TunnelSession"]
+__all__ = ["AGENT", "SessionOutcome", "TunnelSession", "TunnelWebSocket", "WebSocketTransport"]
 
 logger = logging.getLogger("pipegate_client")
 
 AGENT = "pipegate-client/1.0"
+
+
+class TunnelWebSocket(Protocol):
+    """What a session uses of its WebSocket connection: the batched
+    :class:`~pipegate_client._wsconnection.TunnelConnection`, or its public-API twin."""
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    @property
+    def close_reason(self) -> str | None: ...
+
+    async def receive_batch(self) -> list[str | bytes]: ...
+
+    def send_now(self, messages: Sequence[str | bytes]) -> bool: ...
+
+    async def send_many(self, messages: Sequence[str | bytes]) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+    @property
+    def transport(self) -> asyncio.Transport: ...
+
+
+class WebSocketTransport:
+    """The shell's :class:`~pipegate_tunnel.MessageTransport` over a websockets
+    connection; websockets' ``ConnectionClosed`` becomes ``TransportClosed`` here."""
+
+    __slots__ = ("_websocket",)
+
+    def __init__(self, websocket: TunnelWebSocket) -> None:
+        self._websocket = websocket
+
+    def send_now(self, messages: Sequence[str | bytes]) -> bool:
+        return self._websocket.send_now(messages)
+
+    async def send(self, messages: Sequence[str | bytes]) -> None:
+        try:
+            await self._websocket.send_many(messages)
+        except ConnectionClosed as exc:
+            raise TransportClosed(str(exc), code=_code_of(exc)) from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._websocket.close(code, reason)
+
+    def abort(self) -> None:
+        self._websocket.transport.abort()
+
+
+def _code_of(exc: ConnectionClosed) -> int:
+    frame = exc.rcvd or exc.sent
+    return frame.code if frame is not None else 1006
 
 
 @dataclass
@@ -73,173 +119,88 @@ class SessionOutcome:
     reason: str = ""
 
 
-class TunnelSession:
+class TunnelSession(TunnelShell):
     """Runs one connected tunnel until the WebSocket closes."""
 
     def __init__(
         self,
-        websocket: TunnelConnection,
+        websocket: TunnelWebSocket,
         settings: ClientSettings,
         local: LocalApp,
         *,
         on_established: Callable[[Hello], None],
     ) -> None:
-        self.websocket = websocket
-        self.settings = settings
-        self.local = local
-        self.connection_id = settings.connection_id
-        self.conn = Connection(
+        conn = Connection(
             Role.CLIENT,
             version=ProtocolVersion.V1,
             limits=settings.limits,
             capabilities=[CAPABILITY_WEBSOCKET],
             agent=AGENT,
         )
+        super().__init__(
+            conn,
+            WebSocketTransport(websocket),
+            connection_id=settings.connection_id,
+            heartbeat=Heartbeat(
+                settings.ping_interval,
+                settings.ping_interval + settings.ping_timeout,
+                only_when_silent=True,
+            ),
+            hello_timeout=settings.connect_timeout,
+            log=logger,
+        )
+        self.websocket = websocket
+        self.settings = settings
+        self.local = local
         self.outcome = SessionOutcome()
         self._on_established = on_established
-        self._channels: dict[int, StreamChannel] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._send_lock = asyncio.Lock()
-        #: Messages taken from the core by :meth:`kick`, sent before anything newer.
-        self._pending: list[str | bytes] = []
-        self._kicked = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._established = asyncio.Event()
-        self._idle.set()
-        self._last_received = 0.0
         self._shutdown_task: asyncio.Task[None] | None = None
-        self._ping_ids = itertools.count(1)
-
-    # ------------------------------------------------------------ sending
-
-    async def flush(self) -> None:
-        """Send what is pending and what the core queued, in order."""
-        if not self._send_lock.locked():
-            # No send is in progress, so what is queued may leave at once; the usual
-            # case (socket open, not backed up) needs neither the lock nor a wait.
-            messages, self._pending = self._pending, []
-            messages.extend(self.conn.data_to_send())
-            if not messages or self.websocket.send_now(messages):
-                return
-            self._pending = messages
-        async with self._send_lock:
-            messages, self._pending = self._pending, []
-            messages.extend(self.conn.data_to_send())
-            if messages:
-                await self.websocket.send_many(messages)
-
-    def kick(self) -> None:
-        """Have the writer task send what the core queued; no wake-up for nothing.
-
-        Most received messages (an open, body data) and most acknowledgements queue
-        no output, and waking the writer for them cost a task switch each.
-        """
-        messages = self.conn.data_to_send()
-        if messages:
-            self._pending.extend(messages)
-            self._kicked.set()
-
-    async def _writer(self) -> None:
-        while True:
-            await self._kicked.wait()
-            self._kicked.clear()
-            await self.flush()
 
     # ------------------------------------------------------------ running
 
-    async def run(self) -> SessionOutcome:
+    async def run(self) -> SessionOutcome:  # type: ignore[override]
         """Serve the tunnel until the WebSocket closes; never raises for network or
         protocol trouble, which is reported in the returned :class:`SessionOutcome`."""
-        loop = asyncio.get_running_loop()
-        self._last_received = loop.time()
-        helpers = [
-            asyncio.create_task(self._writer(), name="pipegate-writer"),
-            asyncio.create_task(self._heartbeat(), name="pipegate-heartbeat"),
-        ]
         try:
-            self.kick()  # our hello
-            await self._read()
+            await super().run()
         finally:
-            for task in [*helpers, *self._tasks.values()]:
+            tasks = list(self._tasks.values())
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*helpers, *self._tasks.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self._shutdown_task is not None:
                 self._shutdown_task.cancel()
                 await asyncio.gather(self._shutdown_task, return_exceptions=True)
-            self.conn.close()
             with contextlib.suppress(Exception):
                 await self.websocket.close()
-        if self.outcome.close_code is None:
+        if self.close_code is not None:
+            self.outcome.close_code = self.close_code
+            self.outcome.reason = self.close_reason
+        else:
             self.outcome.close_code = self.websocket.close_code
             self.outcome.reason = self.websocket.close_reason or ""
         return self.outcome
 
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _read_loop(self) -> None:
+        websocket = self.websocket
         try:
             while True:
-                batch = await self.websocket.receive_batch()
-                self._last_received = loop.time()
-                for payload in batch:
-                    try:
-                        message = self.conn.receive(payload)
-                    except RemoteProtocolError as exc:
-                        logger.warning(
-                            "[%s] server broke the protocol: %s; closing the tunnel with %d",
-                            self.connection_id,
-                            exc,
-                            exc.close_code,
-                        )
-                        self.outcome.protocol_error = True
-                        self.outcome.close_code = int(exc.close_code)
-                        self.outcome.reason = exc.reason
-                        await self.websocket.close(int(exc.close_code), exc.reason)
-                        return
-                    if message is not None:
-                        self._dispatch(message)
-                self.kick()
-        except ConnectionClosed:
-            return
+                self.receive_batch(await websocket.receive_batch())
+        except ConnectionClosed as exc:
+            self.lost(_code_of(exc))
 
-    def _dispatch(self, message: object) -> None:
-        if isinstance(message, Data | WebSocketData | WebSocketClose):
-            channel = self._channels.get(message.stream_id)
-            if channel is not None:
-                channel.inbox.put_nowait(message)
-        elif isinstance(message, WindowUpdate):
-            channel = self._channels.get(message.stream_id)
-            if channel is not None:
-                channel.wake()
-        elif isinstance(message, Open):
-            self._start_stream(message)
-        elif isinstance(message, Reset):
-            self._on_reset(message)
-        elif isinstance(message, Hello):
-            self.outcome.established = True
-            self._established.set()
-            self._on_established(message)
-        elif isinstance(message, GoAway):
-            logger.info(
-                "[%s] server is going away (%s%s); finishing open streams, then reconnecting",
-                self.connection_id,
-                message.reason.value,
-                f": {message.message}" if message.message else "",
-            )
+    # ------------------------------------------------------------ role hooks
 
-    def _start_stream(self, message: Open) -> None:
-        channel = StreamChannel(self, message)
-        self._channels[message.stream_id] = channel
-        task = asyncio.create_task(
+    def _on_open(self, message: Open) -> None:
+        channel = LocalStream(self, message)
+        self.register(channel)
+        self._tasks[message.stream_id] = asyncio.create_task(
             self._run_stream(channel), name=f"pipegate-stream-{message.stream_id}"
         )
-        self._tasks[message.stream_id] = task
-        self._idle.clear()
 
-    def _on_reset(self, message: Reset) -> None:
-        channel = self._channels.get(message.stream_id)
+    def _on_reset(self, channel: StreamChannel, message: Reset) -> None:
         task = self._tasks.get(message.stream_id)
-        if channel is not None:
-            channel.wake()
         if task is not None:
             logger.debug(
                 "[%s] stream %d reset by server: %s",
@@ -249,69 +210,39 @@ class TunnelSession:
             )
             task.cancel()
 
-    async def _run_stream(self, channel: StreamChannel) -> None:
+    def _on_hello(self, message: Hello) -> None:
+        self.outcome.established = True
+        self._on_established(message)
+
+    def _on_goaway(self, message: GoAway) -> None:
+        logger.info(
+            "[%s] server is going away (%s%s); finishing open streams, then reconnecting",
+            self.connection_id,
+            message.reason.value,
+            f": {message.message}" if message.message else "",
+        )
+
+    def _on_protocol_error(self, error: RemoteProtocolError) -> None:
+        self.outcome.protocol_error = True
+
+    async def _run_stream(self, channel: LocalStream) -> None:
         stream_id = channel.stream_id
         try:
-            if channel.open.kind is StreamKind.WEBSOCKET:
+            if channel.kind is StreamKind.WEBSOCKET:
                 await relay_websocket(channel, self.local, self.connection_id)
             else:
                 await relay_http(channel, self.local, self.connection_id)
             if channel.is_open:  # a handler must end its stream; never leak one
-                await channel.reset(ResetCode.INTERNAL_ERROR, "stream abandoned")
+                channel.reset(ResetCode.INTERNAL_ERROR, "stream abandoned")
         except (StreamGone, ConnectionClosed):
             pass
         except Exception:
             logger.exception("[%s] stream %d failed", self.connection_id, stream_id)
             with contextlib.suppress(Exception):
-                await channel.reset(ResetCode.INTERNAL_ERROR, "pipegate-client internal error")
+                channel.reset(ResetCode.INTERNAL_ERROR, "pipegate-client internal error")
         finally:
-            self._channels.pop(stream_id, None)
             self._tasks.pop(stream_id, None)
-            if not self._tasks:
-                self._idle.set()
-
-    # ------------------------------------------------------------ liveness
-
-    async def _heartbeat(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.settings.ping_interval
-        try:
-            await asyncio.wait_for(self._established.wait(), self.settings.connect_timeout)
-        except TimeoutError:
-            logger.warning(
-                "[%s] the server sent no hello within %.0fs; dropping the tunnel",
-                self.connection_id,
-                self.settings.connect_timeout,
-            )
-            self.outcome.close_code = int(CloseCode.HELLO_TIMEOUT)
-            self.outcome.reason = "hello timeout"
-            await self._abort(int(CloseCode.HELLO_TIMEOUT), "hello timeout")
-            return
-        while True:
-            await asyncio.sleep(interval)
-            if loop.time() - self._last_received < interval:
-                continue
-            sent_at = loop.time()
-            self.conn.send_ping(next(self._ping_ids))
-            self.kick()
-            await asyncio.sleep(self.settings.ping_timeout)
-            if self._last_received < sent_at:
-                logger.warning(
-                    "[%s] no answer from the server for %.0fs; dropping the tunnel",
-                    self.connection_id,
-                    loop.time() - self._last_received,
-                )
-                self.outcome.close_code = int(CloseCode.HEARTBEAT_TIMEOUT)
-                self.outcome.reason = "heartbeat timeout"
-                await self._abort(int(CloseCode.HEARTBEAT_TIMEOUT), "heartbeat timeout")
-                return
-
-    async def _abort(self, code: int, reason: str) -> None:
-        """Close without waiting long for a peer that may be gone."""
-        try:
-            await asyncio.wait_for(self.websocket.close(code, reason), timeout=2)
-        except (TimeoutError, ConnectionClosed, OSError):
-            self.websocket.transport.abort()
+            self.finish(channel)
 
     # ------------------------------------------------------------ shutdown
 
@@ -322,13 +253,11 @@ class TunnelSession:
             self._shutdown_task = asyncio.create_task(self._shutdown(grace_period))
 
     async def _shutdown(self, grace_period: float) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = loop.time() + grace_period
         self.outcome.stopped = True
         try:
-            if self.conn.peer_hello is not None:
-                self.conn.send_goaway(GoAwayReason.SHUTDOWN, "client shutting down")
-                await self.flush()
+            self.goaway(GoAwayReason.SHUTDOWN, "client shutting down")
             if self._tasks:
                 logger.info(
                     "[%s] waiting up to %.0fs for %d open stream(s)",
@@ -337,7 +266,7 @@ class TunnelSession:
                     len(self._tasks),
                 )
                 try:
-                    await asyncio.wait_for(self._idle.wait(), grace_period)
+                    await asyncio.wait_for(self.wait_idle(), grace_period)
                 except TimeoutError:
                     logger.warning(
                         "[%s] grace period over; cancelling %d stream(s)",
@@ -345,18 +274,16 @@ class TunnelSession:
                         len(self._tasks),
                     )
                     for stream_id, task in list(self._tasks.items()):
-                        self.conn.reset_stream(stream_id, ResetCode.CANCELLED, "client shut down")
+                        channel = self.channel(stream_id)
+                        if channel is not None:
+                            channel.reset(ResetCode.CANCELLED, "client shut down")
                         task.cancel()
-                    await self.flush()
                 else:
                     # Our last bytes are sent, not yet delivered: the server closes the
                     # tunnel once it relayed them (it got our go-away); give it the rest
                     # of the grace period (at least a second) before closing ourselves.
                     wait = max(deadline - loop.time(), 1.0)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(self.websocket.wait_closed()), wait)
-        except ConnectionClosed:
-            pass
+                        await asyncio.wait_for(asyncio.shield(self.wait_closed()), wait)
         finally:
-            with contextlib.suppress(Exception):
-                await self.websocket.close(int(CloseCode.NORMAL), "client shut down")
+            self.close(int(CloseCode.NORMAL), "client shut down")

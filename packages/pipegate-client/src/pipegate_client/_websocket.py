@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from ._local import LocalApp, send_plain_error, wire_str
-from ._stream import StreamChannel
+from ._stream import LocalStream
 
 __all__ = ["relay_websocket"]
 
@@ -65,7 +65,7 @@ def _subprotocols(headers: tuple[tuple[str, str], ...]) -> list[Subprotocol]:
     ]
 
 
-async def relay_websocket(channel: StreamChannel, app: LocalApp, connection_id: str) -> None:
+async def relay_websocket(channel: LocalStream, app: LocalApp, connection_id: str) -> None:
     """Relay one ``websocket`` stream; see the module docstring."""
     message = channel.open
     started = time.monotonic()
@@ -102,7 +102,7 @@ async def relay_websocket(channel: StreamChannel, app: LocalApp, connection_id: 
             headers.append(("content-length", str(len(body))))
             await channel.send_response(refusal.status_code, headers, end_stream=not body)
             if body:
-                await channel.send_body(body, end_stream=True)
+                await channel.send_data(body, end_stream=True)
             return
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             outcome = "502 (websocket)"
@@ -137,7 +137,7 @@ async def relay_websocket(channel: StreamChannel, app: LocalApp, connection_id: 
         )
 
 
-async def _relay_messages(channel: StreamChannel, local: ClientConnection) -> str:
+async def _relay_messages(channel: LocalStream, local: ClientConnection) -> str:
     """Pump both directions until one side closes; returns a description of the close."""
     outcome: list[str] = []
     to_tunnel = asyncio.create_task(_local_to_tunnel(channel, local, outcome))
@@ -155,12 +155,12 @@ async def _relay_messages(channel: StreamChannel, local: ClientConnection) -> st
         if isinstance(result, Exception):
             raise result
     if channel.is_open:
-        await channel.reset(ResetCode.CANCELLED, "websocket relay ended")
+        channel.reset(ResetCode.CANCELLED, "websocket relay ended")
     return outcome[0] if outcome else "?"
 
 
 async def _local_to_tunnel(
-    channel: StreamChannel, local: ClientConnection, outcome: list[str]
+    channel: LocalStream, local: ClientConnection, outcome: list[str]
 ) -> None:
     try:
         while True:
@@ -171,7 +171,6 @@ async def _local_to_tunnel(
                     await channel.send_websocket(pending, text=text, fin=False)
                 text = isinstance(fragment, str)
                 pending = fragment.encode("utf-8") if isinstance(fragment, str) else fragment
-                channel.bytes_sent += len(pending)
             await channel.send_websocket(pending or b"", text=text, fin=True)
     except ConnectionClosed as exc:
         if exc.rcvd is not None:
@@ -182,14 +181,14 @@ async def _local_to_tunnel(
         else:
             code, reason = 1011, "local app connection lost"
         outcome.append(f"by local app ({code})")
-        await channel.send_websocket_close(code, reason)
+        channel.send_websocket_close(code, reason)
 
 
 async def _tunnel_to_local(
-    channel: StreamChannel, local: ClientConnection, outcome: list[str]
+    channel: LocalStream, local: ClientConnection, outcome: list[str]
 ) -> None:
     while True:
-        item = await channel.inbox.get()
+        item = await channel.next()
         if isinstance(item, WebSocketClose):
             outcome.append(f"by caller ({item.code})")
             await local.close(close_code_for_hop(item.code), item.reason)
@@ -209,7 +208,7 @@ async def _tunnel_to_local(
 
 
 async def _fragments(
-    channel: StreamChannel, first: WebSocketData, close_seen: list[WebSocketClose]
+    channel: LocalStream, first: WebSocketData, close_seen: list[WebSocketClose]
 ) -> AsyncIterator[bytes]:
     """Fragments of one message as they arrive from the tunnel (acknowledged once sent)."""
     item: WebSocketData = first
@@ -219,7 +218,7 @@ async def _fragments(
         if item.fin:
             return
         while True:
-            next_item = await channel.inbox.get()
+            next_item = await channel.next()
             if isinstance(next_item, WebSocketClose):
                 close_seen.append(next_item)
                 return

@@ -34,10 +34,10 @@ from pipegate_protocol import (
     strip_hop_by_hop,
 )
 
-from ._asgi import PEER, Scope
+from ._asgi import PEER, Receive, Scope, Send
 from ._registry import TunnelRegistry
 from ._settings import ServerSettings
-from ._tunnel import ASGIReceive, ASGISend, StreamChannel, Tunnel
+from ._tunnel import RelayChannel, Tunnel
 from .errors import (
     BodyTooLargeError,
     CallerGoneError,
@@ -73,7 +73,7 @@ _DRAIN_SECONDS = 2.0
 _WATCH_DELAY = 0.25
 
 
-async def _drain_body(receive: ASGIReceive) -> None:
+async def _drain_body(receive: Receive) -> None:
     """Read and drop what is left of a request body, within a small budget."""
     dropped = 0
     try:
@@ -90,7 +90,7 @@ async def _drain_body(receive: ASGIReceive) -> None:
 
 
 async def send_plain(
-    send: ASGISend,
+    send: Send,
     status: int,
     text: str,
     *,
@@ -112,7 +112,7 @@ async def send_plain(
 
 async def deny_websocket(
     scope: Scope,
-    send: ASGISend,
+    send: Send,
     status: int,
     text: str,
     headers: Sequence[tuple[bytes, bytes]] = (),
@@ -201,7 +201,7 @@ class Relay:
     async def _await_head(
         self,
         tunnel: Tunnel,
-        channel: StreamChannel,
+        channel: RelayChannel,
         on_slow: Callable[[], None] | None = None,
     ) -> Response:
         """The final response head; 504 after the timeout without upload progress.
@@ -238,8 +238,8 @@ class Relay:
     async def http(
         self,
         scope: Scope,
-        receive: ASGIReceive,
-        send: ASGISend,
+        receive: Receive,
+        send: Send,
         connection_id: str,
         path: str,
     ) -> None:
@@ -301,9 +301,9 @@ class Relay:
     async def _respond(
         self,
         scope: Scope,
-        send: ASGISend,
+        send: Send,
         tunnel: Tunnel,
-        channel: StreamChannel,
+        channel: RelayChannel,
         start_pump: Callable[[], None],
     ) -> None:
         try:
@@ -342,9 +342,9 @@ class Relay:
     async def _stream_body(
         self,
         scope: Scope,
-        send: ASGISend,
+        send: Send,
         tunnel: Tunnel,
-        channel: StreamChannel,
+        channel: RelayChannel,
         start_pump: Callable[[], None],
     ) -> None:
         while True:
@@ -366,7 +366,7 @@ class Relay:
                 tunnel.acknowledge(channel, len(item.data))
 
     async def _pump_request(
-        self, tunnel: Tunnel, channel: StreamChannel, receive: ASGIReceive
+        self, tunnel: Tunnel, channel: RelayChannel, receive: Receive
     ) -> None:
         """Forward the request body, then watch for the caller disconnecting."""
         limit = self.settings.max_body_size
@@ -426,8 +426,8 @@ class Relay:
     async def websocket(
         self,
         scope: Scope,
-        receive: ASGIReceive,
-        send: ASGISend,
+        receive: Receive,
+        send: Send,
         connection_id: str,
         path: str,
     ) -> None:
@@ -462,10 +462,10 @@ class Relay:
     async def _websocket_session(
         self,
         scope: Scope,
-        receive: ASGIReceive,
-        send: ASGISend,
+        receive: Receive,
+        send: Send,
         tunnel: Tunnel,
-        channel: StreamChannel,
+        channel: RelayChannel,
     ) -> None:
         try:
             head = await self._await_head(tunnel, channel)
@@ -502,9 +502,9 @@ class Relay:
     async def _relay_refusal(
         self,
         scope: Scope,
-        send: ASGISend,
+        send: Send,
         tunnel: Tunnel,
-        channel: StreamChannel,
+        channel: RelayChannel,
         head: Response,
     ) -> None:
         """The local app refused the upgrade: pass its status and (short) body on."""
@@ -536,7 +536,7 @@ class Relay:
         )
 
     async def _websocket_upstream(
-        self, tunnel: Tunnel, channel: StreamChannel, receive: ASGIReceive
+        self, tunnel: Tunnel, channel: RelayChannel, receive: Receive
     ) -> None:
         """Caller to local app: whole messages in, flow-controlled fragments out."""
         try:
@@ -560,7 +560,7 @@ class Relay:
             return
 
     async def _websocket_downstream(
-        self, send: ASGISend, tunnel: Tunnel, channel: StreamChannel
+        self, send: Send, tunnel: Tunnel, channel: RelayChannel
     ) -> None:
         """Local app to caller: reassemble fragments, send, then return the credit."""
         limit = self.settings.max_websocket_message_size
