@@ -2,7 +2,8 @@
 spec documents, origin event polling, and hypothesis strategies for HTTP pieces.
 
 Every allowance lives here, named, so that docs/conformance.md can list them and a
-reader can see that a check tolerates nothing else.
+reader can see that a check tolerates nothing else. What HD-4 removes comes from the
+suite's own table (:mod:`.expected`), never from the implementation's policy.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from urllib.parse import quote
 
 import httpx
 from hypothesis import strategies as st
-from pipegate_protocol import strip_hop_by_hop
+
+from .expected import expected_after_hop_by_hop
 
 __all__ = [
     "FORWARDING_HEADERS",
@@ -62,7 +64,7 @@ def expected_at_origin(sent: Sequence[tuple[Any, Any]]) -> list[tuple[str, str]]
     """What the local app must receive of the headers a caller sent: hop-by-hop ones
     removed (HD-4), ``Host`` replaced (HD-6, compared separately), framing headers
     and forwarding headers left out (compared separately); everything else in order."""
-    kept = strip_hop_by_hop(header_list(sent))
+    kept = expected_after_hop_by_hop(header_list(sent))
     return [
         (n, v)
         for n, v in kept
@@ -82,7 +84,7 @@ def received_at_origin(report_headers: Sequence[Sequence[str]]) -> list[tuple[st
 def relayable_response_headers(pairs: Sequence[tuple[Any, Any]]) -> list[tuple[str, str]]:
     """Response headers a caller must get exactly as the local app sent them: all but
     hop-by-hop (HD-4), framing (HD-4) and per-server stamps (``Date``, ``Server``)."""
-    kept = strip_hop_by_hop(header_list(pairs))
+    kept = expected_after_hop_by_hop(header_list(pairs))
     return [(n, v) for n, v in kept if n not in FRAMING_HEADERS and n not in RELAY_STAMP_HEADERS]
 
 
