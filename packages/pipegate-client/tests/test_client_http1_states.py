@@ -202,15 +202,14 @@ def test_http1_describe_failure_of_our_own_and_of_other_errors() -> None:
 # ---------------------------------------------------------------------- at the boundary
 
 
-async def test_http1_refused_is_typed(unused_port: int) -> None:
-    pool = HTTP1Pool(
-        Origin(f"http://127.0.0.1:{unused_port}"), max_connections=1, connect_timeout=WAIT
-    )
+async def connect_failure(url: str, connect_timeout: float = WAIT) -> LocalConnectError:
+    """The error a GET to ``url`` fails with, through a pool of its own."""
+    pool = HTTP1Pool(Origin(url), max_connections=1, connect_timeout=connect_timeout)
     try:
-        with pytest.raises(LocalRefusedError) as refused:
+        with pytest.raises(LocalConnectError) as failed:
             await pool.request("GET", "/", [])
-        assert refused.value.reason == "connection refused"
-        assert isinstance(refused.value.__cause__, ConnectionRefusedError)
+        assert pool.connections == set()
+        return failed.value
     finally:
         await pool.aclose()
 
@@ -227,21 +226,22 @@ def _resolve_to(monkeypatch: pytest.MonkeyPatch, addresses: list[str]) -> None:
     monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
 
 
+async def test_http1_refused_is_typed(unused_port: int) -> None:
+    refused = await connect_failure(f"http://127.0.0.1:{unused_port}")
+    assert type(refused) is LocalRefusedError
+    assert refused.reason == "connection refused"
+    assert isinstance(refused.__cause__, ConnectionRefusedError)
+
+
 async def test_http1_name_whose_addresses_all_refuse_is_refused(
     monkeypatch: pytest.MonkeyPatch, unused_port: int
 ) -> None:
     """asyncio folds several addresses' failures into one OSError without an errno;
     the connection tries them itself, so the refusal keeps its type."""
     _resolve_to(monkeypatch, ["127.0.0.1", "127.0.0.2"])
-    pool = HTTP1Pool(
-        Origin(f"http://app.invalid:{unused_port}"), max_connections=1, connect_timeout=WAIT
-    )
-    try:
-        with pytest.raises(LocalRefusedError) as refused:
-            await pool.request("GET", "/", [])
-        assert refused.value.reason == "connection refused"
-    finally:
-        await pool.aclose()
+    refused = await connect_failure(f"http://app.invalid:{unused_port}")
+    assert type(refused) is LocalRefusedError
+    assert refused.reason == "connection refused"
 
 
 async def test_http1_name_connects_to_its_first_address_that_answers(
@@ -255,41 +255,26 @@ async def test_http1_name_connects_to_its_first_address_that_answers(
         try:
             response = await pool.request("GET", "/", [])
             assert await read_all(response) == b"ok"
-            assert (
-                origin.connections[0]
-                .heads[0]
-                .startswith(b"GET / HTTP/1.1\r\nHost: app.invalid:%d\r\n" % origin.port)
-            )
+            head = origin.connections[0].heads[0]
+            assert head.startswith(b"GET / HTTP/1.1\r\nHost: app.invalid:%d\r\n" % origin.port)
         finally:
             await pool.aclose()
 
 
 async def test_http1_connect_timeout_is_typed(monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = asyncio.get_running_loop()
-
     async def never(*_args: Any, **_kwargs: Any) -> list[Any]:
         await asyncio.sleep(WAIT)
         return []
 
-    monkeypatch.setattr(loop, "getaddrinfo", never)
-    pool = HTTP1Pool(Origin("http://app.invalid:1"), max_connections=1, connect_timeout=0.05)
-    try:
-        with pytest.raises(LocalConnectTimeoutError) as timed_out:
-            await pool.request("GET", "/", [])
-        assert timed_out.value.reason == "no connection within 0.05 s"
-    finally:
-        await pool.aclose()
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", never)
+    timed_out = await connect_failure("http://app.invalid:1", connect_timeout=0.05)
+    assert type(timed_out) is LocalConnectTimeoutError
+    assert timed_out.reason == "no connection within 0.05 s"
 
 
 async def test_http1_unknown_ca_is_a_certificate_error() -> None:
     async with await _tls_origin(trustme.CA()) as origin:
-        pool = HTTP1Pool(
-            Origin(f"https://127.0.0.1:{origin.port}"), max_connections=1, connect_timeout=WAIT
-        )
-        try:
-            with pytest.raises(LocalCertificateError) as refused:
-                await pool.request("GET", "/", [])
-            assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
-            assert refused.value.reason.startswith("TLS certificate verification failed: ")
-        finally:
-            await pool.aclose()
+        refused = await connect_failure(f"https://127.0.0.1:{origin.port}")
+    assert type(refused) is LocalCertificateError
+    assert isinstance(refused.__cause__, ssl.SSLCertVerificationError)
+    assert refused.reason.startswith("TLS certificate verification failed: ")
