@@ -1,11 +1,12 @@
-"""The application: routing, the tunnel endpoint, health, shutdown and reloads.
+"""The application: dispatch, the tunnel endpoint, health, shutdown and reloads.
 
-Routing, decided on the raw path of every request:
-
-* ``/_pipegate/...`` — the server's own endpoints (FastAPI routes), e.g. health;
-* WebSocket upgrade at exactly ``/<id>`` — the tunnel endpoint for a client;
-* anything else at ``/<id>`` or below — relayed through the tunnel for ``<id>``
-  (HTTP requests of every method, and WebSocket upgrades below the id).
+Every request is dispatched on the :class:`~._routing.Route` its gateway's
+:class:`~._routing.Router` gives it (by default :class:`~._routing.PathRouter`:
+``/_pipegate/...`` for the server's own endpoints, a WebSocket upgrade at exactly
+``/<id>`` for the tunnel endpoint, anything else at or below ``/<id>`` relayed
+through the tunnel for ``<id>``). Tunnels are claimed, looked up and listed through
+the gateway's :class:`~._registry.TunnelDirectory` (by default the in-process
+:class:`~._registry.TunnelRegistry`).
 
 The tunnel endpoint checks the id's syntax (404), the token (401 missing, 403 wrong
 or not allowed for this id), the protocol version (400), the per-token tunnel limit
@@ -20,7 +21,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI
 from pipegate_protocol import (
@@ -36,8 +37,9 @@ from pipegate_protocol import (
 from ._asgi import Receive, Scope, Send
 from ._auth import Authenticator, FailureTracker, load_tokens_file
 from ._direct import DIRECT_EXTENSION
-from ._registry import TunnelRegistry
+from ._registry import Claim, TunnelDirectory, TunnelRegistry
 from ._relay import Relay, deny_websocket, send_plain
+from ._routing import PathRouter, RouteKind, Router
 from ._settings import ServerSettings
 from ._tunnel import Tunnel
 from .errors import ConfigurationError, ServerError
@@ -54,7 +56,10 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0"
 
-_RESERVED = RESERVED_PREFIX.encode("ascii")
+_SERVER = RouteKind.SERVER
+_TUNNEL = RouteKind.TUNNEL
+_RELAY_HTTP = RouteKind.RELAY_HTTP
+_RELAY_WEBSOCKET = RouteKind.RELAY_WEBSOCKET
 
 
 def _read_token_file(settings: ServerSettings) -> str | None:
@@ -76,16 +81,36 @@ class Gateway:
 
     ``create_app`` puts one on ``app.state.gateway``; the command line uses it to
     drain on SIGTERM (:meth:`drain`) and to re-read credentials on SIGHUP
-    (:meth:`reload`).
+    (:meth:`reload`). ``router`` decides where requests go and names tunnels'
+    public URLs (default: :class:`PathRouter` with ``settings.public_url``);
+    ``directory`` holds the tunnels, the per-token limits and the bad-token budget
+    (default: an in-process :class:`TunnelRegistry` with
+    ``settings.bad_token_budget``). ``registry`` is the directory under its old name.
     """
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        router: Router | None = None,
+        directory: TunnelDirectory | None = None,
+    ) -> None:
         self.settings = settings
-        self.registry = TunnelRegistry()
-        self.relay = Relay(settings, self.registry)
-        self.failures = FailureTracker(settings.bad_token_budget)
+        self.router: Router = router if router is not None else PathRouter(settings.public_url)
+        if directory is None:
+            directory = TunnelRegistry(FailureTracker(settings.bad_token_budget))
+        self.directory: TunnelDirectory = directory
+        self.registry: TunnelDirectory = directory
+        # Relay and Tunnel still annotate the concrete class; they use only get()
+        # and release(), which every TunnelDirectory has.
+        self._as_registry = cast(TunnelRegistry, directory)
+        self.relay = Relay(settings, self._as_registry)
         self.authenticator = Authenticator(*self._load_credentials())
         self.agent = f"pipegate-server/{__version__}"
+
+    @property
+    def failures(self) -> TunnelDirectory:
+        """The bad-token budget (it is kept by the directory)."""
+        return self.directory
 
     def _load_credentials(self) -> tuple[str | None, list[Any]]:
         token = _read_token_file(self.settings)
@@ -173,12 +198,12 @@ class Gateway:
             await refuse(
                 401,
                 "missing client token: send 'Authorization: Bearer <token>'",
-                self.failures.record_failure(address),
+                self.directory.record_failure(address),
             )
             return
         credential = self.authenticator.authenticate(token)
         if credential is None:
-            await refuse(403, "invalid client token", self.failures.record_failure(address))
+            await refuse(403, "invalid client token", self.directory.record_failure(address))
             return
         if not credential.allows(connection_id):
             await refuse(403, f"this token may not claim connection id {connection_id!r}")
@@ -196,29 +221,30 @@ class Gateway:
             if credential.max_tunnels is not None
             else self.settings.max_tunnels_per_token
         )
-        if limit and self.registry.count_for(credential.digest) >= limit:
-            await refuse(429, f"this token already has {limit} tunnel(s) connected")
-            return
         tunnel = Tunnel(
             connection_id=connection_id,
             credential=credential,
             settings=self.settings,
-            registry=self.registry,
+            registry=self._as_registry,
             receive=receive,
             send=send,
             version=negotiated,
-            public_url=self._public_url(scope, headers, connection_id),
+            public_url=self.router.public_url(scope, connection_id),
             remote=address,
             agent=self.agent,
             direct=(scope.get("extensions") or {}).get(DIRECT_EXTENSION),
         )
-        if not self.registry.claim(tunnel):
+        claim = await self.directory.claim(tunnel, limit=limit)
+        if claim is Claim.LIMIT_REACHED:
+            await refuse(429, f"this token already has {limit} tunnel(s) connected")
+            return
+        if claim is not Claim.CLAIMED:
             await refuse(409, f"connection id {connection_id!r} is already connected")
             return
         try:
             await send({"type": "websocket.accept", "subprotocol": negotiated.value})
         except OSError:
-            self.registry.forget(tunnel)
+            self.directory.forget(tunnel)
             return
         logger.info(
             "tunnel connected: id=%s addr=%s credential=%s",
@@ -229,18 +255,8 @@ class Gateway:
         try:
             await tunnel.run()
         finally:
-            self.registry.forget(tunnel)
+            self.directory.forget(tunnel)
             logger.info("tunnel ended: id=%s", connection_id)
-
-    def _public_url(self, scope: Scope, headers: list[tuple[str, str]], connection_id: str) -> str:
-        if self.settings.public_url:
-            return self.settings.public_url.rstrip("/") + "/" + connection_id
-        host = next((value for name, value in headers if name.lower() == "host"), "")
-        if not host:
-            server = scope.get("server") or ("localhost", None)
-            host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
-        scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
-        return f"{scheme}://{host}/{connection_id}"
 
 
 class PipeGateApp(FastAPI):
@@ -256,48 +272,39 @@ class PipeGateApp(FastAPI):
     gateway: Gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http" and kind != "websocket":
+        gateway = self.gateway
+        route = gateway.router.route(scope)
+        kind = route.kind
+        if kind is _RELAY_HTTP:
+            await gateway.relay.http(scope, receive, send, route.connection_id, route.local_path)
+        elif kind is _SERVER:
             await super().__call__(scope, receive, send)
-            return
-        raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        slash = raw.find(b"/", 1)
-        if slash == -1:
-            segment, rest = raw[1:], b""
-        else:
-            segment, rest = raw[1:slash], raw[slash:]
-        if segment == _RESERVED and (kind == "http" or rest):
-            await super().__call__(scope, receive, send)
-            return
-        connection_id = segment.decode("latin-1")
-        if kind == "websocket":
-            if not rest:
-                await self.gateway.tunnel_endpoint(scope, receive, send, connection_id)
-                return
-            if not is_valid_connection_id(connection_id):
-                await receive()
-                await deny_websocket(
-                    scope, send, 404, f"no tunnel is connected for id {connection_id!r}"
-                )
-                return
-            await self.gateway.relay.websocket(
-                scope, receive, send, connection_id, rest.decode("latin-1")
+        elif kind is _RELAY_WEBSOCKET:
+            await gateway.relay.websocket(
+                scope, receive, send, route.connection_id, route.local_path
             )
-            return
-        if not is_valid_connection_id(connection_id):
+        elif kind is _TUNNEL:
+            await gateway.tunnel_endpoint(scope, receive, send, route.connection_id)
+        elif scope["type"] == "websocket":
+            await receive()
+            await deny_websocket(
+                scope, send, 404, f"no tunnel is connected for id {route.connection_id!r}"
+            )
+        else:
             text = (
-                f"no tunnel is connected for id {connection_id!r}"
-                if connection_id
+                f"no tunnel is connected for id {route.connection_id!r}"
+                if route.connection_id
                 else "no connection id in the path: use /<connection_id>/<path>"
             )
             await send_plain(send, 404, text)
-            return
-        await self.gateway.relay.http(
-            scope, receive, send, connection_id, rest.decode("latin-1") or "/"
-        )
 
 
-def create_app(settings: ServerSettings) -> ServerApp:
+def create_app(
+    settings: ServerSettings,
+    *,
+    router: Router | None = None,
+    directory: TunnelDirectory | None = None,
+) -> ServerApp:
     """Build the server application for ``settings``.
 
     Raises :class:`~pipegate_server.errors.ConfigurationError` when the credentials
@@ -309,7 +316,7 @@ def create_app(settings: ServerSettings) -> ServerApp:
     """
     from ._factory import ServerApp  # _factory imports this module
 
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, router, directory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,30 +1,106 @@
-"""Which tunnel serves which connection id, and every tunnel that is still running."""
+"""Which tunnel serves which connection id: the directory interface and its
+in-process implementation.
+
+The gateway, the relay and every tunnel reach tunnels only through a
+:class:`TunnelDirectory`: claiming an id at the handshake (with the token's tunnel
+limit), releasing it, looking a tunnel up for a request, listing the running ones,
+and keeping the bad-token budget. :class:`TunnelRegistry` keeps all of that in this
+process and is the default. A directory shared by several server nodes (issue 17:
+id leases and per-token counts in Redis) is another implementation of the same
+interface; that is why the operations that would need the shared store —
+:meth:`~TunnelDirectory.claim` and :meth:`~TunnelDirectory.count_for` — are
+coroutines, while :meth:`~TunnelDirectory.get` (once per relayed request) and
+:meth:`~TunnelDirectory.running` stay synchronous: they answer about the tunnels
+of this process, the only ones it can relay to or close.
+"""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+from ._auth import FailureTracker
 
 if TYPE_CHECKING:
     from ._tunnel import Tunnel
 
-__all__ = ["TunnelRegistry"]
+__all__ = ["Claim", "TunnelDirectory", "TunnelRegistry"]
+
+#: The bad-token budget of a registry built without a tracker (ServerSettings' default).
+_DEFAULT_BAD_TOKEN_BUDGET = 10
+
+
+class Claim(enum.Enum):
+    """The outcome of :meth:`TunnelDirectory.claim`."""
+
+    #: The tunnel now holds its id.
+    CLAIMED = "claimed"
+    #: Another tunnel holds the id (the handshake is refused with 409).
+    TAKEN = "taken"
+    #: The token already holds ``limit`` ids (the handshake is refused with 429).
+    LIMIT_REACHED = "limit_reached"
+
+
+class TunnelDirectory(Protocol):
+    """Claims, releases, looks up and lists tunnels; keeps the bad-token budget.
+
+    A tunnel *claims* its id before its WebSocket is accepted and *releases* it when
+    it closes, times out or its client sends go-away — so a reconnecting client gets
+    the id back while the old tunnel may still finish its streams — and is
+    *forgotten* when it has ended completely. ``release`` and ``forget`` are
+    idempotent and never release an id another tunnel holds.
+    """
+
+    def __len__(self) -> int:
+        """How many ids are held by tunnels of this process."""
+        ...
+
+    def get(self, connection_id: str) -> Tunnel | None:
+        """The tunnel of this process that holds ``connection_id``, if any."""
+        ...
+
+    def running(self) -> Iterator[Tunnel]:
+        """Every tunnel of this process that has not ended, released or not."""
+        ...
+
+    async def claim(self, tunnel: Tunnel, *, limit: int = 0) -> Claim:
+        """Give ``tunnel`` its id, unless another tunnel holds it or the tunnel's
+        credential already holds ``limit`` ids (0: no limit). The limit is checked
+        first, and both checks and the claim are one atomic step."""
+        ...
+
+    def release(self, tunnel: Tunnel) -> None:
+        """Free the tunnel's id if it still holds it."""
+        ...
+
+    def forget(self, tunnel: Tunnel) -> None:
+        """The tunnel has ended: release its id and drop it from :meth:`running`."""
+        ...
+
+    async def count_for(self, digest: bytes) -> int:
+        """How many ids are held with the credential of this token digest."""
+        ...
+
+    def record_failure(self, address: str) -> float:
+        """Count one bad or missing token from ``address``; returns how many seconds
+        to delay its refusal (0 while within the budget)."""
+        ...
 
 
 class TunnelRegistry:
-    """Maps connection ids to their tunnel.
+    """The in-process :class:`TunnelDirectory`: a dict of ids and a set of tunnels.
 
-    A tunnel *claims* its id before the WebSocket is accepted (so a second client for
-    the same id is refused with 409 before accept) and *releases* it when it closes,
-    when its heartbeat times out, or when its client sends go-away — so a reconnecting
-    client gets the id back while the old tunnel may still finish its streams. The
-    registry also remembers every running tunnel, released or not, for shutdown and
-    credential reloads.
+    ``failures`` keeps the bad-token budget (default: a :class:`FailureTracker`
+    with the server's default budget).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, failures: FailureTracker | None = None) -> None:
         self._by_id: dict[str, Tunnel] = {}
         self._running: set[Tunnel] = set()
+        self.failures = (
+            failures if failures is not None else FailureTracker(_DEFAULT_BAD_TOKEN_BUDGET)
+        )
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -32,28 +108,31 @@ class TunnelRegistry:
     def get(self, connection_id: str) -> Tunnel | None:
         return self._by_id.get(connection_id)
 
-    def claim(self, tunnel: Tunnel) -> bool:
-        """Register ``tunnel`` for its id; False if another tunnel holds it."""
+    def running(self) -> Iterator[Tunnel]:
+        return iter(list(self._running))
+
+    async def claim(self, tunnel: Tunnel, *, limit: int = 0) -> Claim:
+        if limit and self._count(tunnel.credential.digest) >= limit:
+            return Claim.LIMIT_REACHED
         if tunnel.connection_id in self._by_id:
-            return False
+            return Claim.TAKEN
         self._by_id[tunnel.connection_id] = tunnel
         self._running.add(tunnel)
-        return True
+        return Claim.CLAIMED
 
     def release(self, tunnel: Tunnel) -> None:
-        """Free the tunnel's id (if it still holds it). Idempotent."""
         if self._by_id.get(tunnel.connection_id) is tunnel:
             del self._by_id[tunnel.connection_id]
 
     def forget(self, tunnel: Tunnel) -> None:
-        """The tunnel has ended completely."""
         self.release(tunnel)
         self._running.discard(tunnel)
 
-    def running(self) -> Iterator[Tunnel]:
-        """Every tunnel that has not ended yet, including released ones."""
-        return iter(list(self._running))
+    async def count_for(self, digest: bytes) -> int:
+        return self._count(digest)
 
-    def count_for(self, digest: bytes) -> int:
-        """Tunnels holding an id with the credential of this token digest."""
+    def record_failure(self, address: str) -> float:
+        return self.failures.record_failure(address)
+
+    def _count(self, digest: bytes) -> int:
         return sum(1 for tunnel in self._by_id.values() if tunnel.credential.digest == digest)
