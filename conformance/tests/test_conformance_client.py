@@ -17,8 +17,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
+from pipegate_conformance.expected import (
+    CLOSE_CODE_AT_HOP,
+    HOP_BY_HOP_HEADERS,
+    expected_after_hop_by_hop,
+)
 from pipegate_conformance.harness import ManagedProcess, free_port
-from pipegate_conformance.origin import pattern_sha256
+from pipegate_conformance.origin import ResponseSpec, pattern_sha256
 from pipegate_conformance.plugin import Implementations, Origin
 from pipegate_conformance.refpeer import PeerClosed, ReferenceServer, ServerSession
 from pipegate_conformance.support import wait_for_origin_event
@@ -320,6 +325,91 @@ async def test_local_app_close_code_reaches_server(driven: DrivenClient) -> None
     assert response.status == 101
     close = await session.next_of(WebSocketClose)
     assert (close.stream_id, close.code) == (stream_id, 4123)
+
+
+@pytest.mark.rule("WS-4", "WS-5")
+@pytest.mark.parametrize(("received", "closed_with"), sorted(CLOSE_CODE_AT_HOP.items()))
+async def test_ws_close_code_at_the_local_apps_hop(
+    driven: DrivenClient, origin: Origin, received: int, closed_with: int
+) -> None:
+    """WS-4: a sendable ws_close code reaches the local app unchanged; WS-5: 1005, 1006
+    and 1015, which no close frame may carry, close the local app's WebSocket with 1011."""
+    session = driven.session
+    tag = secrets.token_hex(6)
+    stream_id = await _open(
+        session,
+        method="GET",
+        path="/ws/echo",
+        query=f"tag={tag}",
+        kind=StreamKind.WEBSOCKET,
+        headers=[("sec-websocket-version", "13")],
+        end_stream=True,
+    )
+    assert (await session.next_of(Response)).status == 101
+    session.conn.send_websocket_close(stream_id, received, "")
+    await session.flush()
+    event = await asyncio.to_thread(wait_for_origin_event, origin.url, tag, "ws_closed", 10.0)
+    assert event is not None, "the close never reached the local app"
+    assert event["code"] == closed_with
+
+
+def _hop_headers_of(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The extension and hop-by-hop headers of a list, minus the Connection and framing
+    headers an HTTP/1.1 hop may add for itself."""
+    return [
+        (n.lower(), v)
+        for n, v in headers
+        if n.lower() not in ("connection", "transfer-encoding")
+        and (n.lower().startswith("x-pgc-") or n.lower() in HOP_BY_HOP_HEADERS)
+    ]
+
+
+_HOP_MIX = [
+    ("x-pgc-keep", "1"),
+    ("keep-alive", "timeout=5"),
+    ("x-pgc-private", "hop"),
+    ("te", "trailers"),
+    ("connection", "x-pgc-private, x-pgc-other"),
+    ("proxy-authorization", "Basic eDp5"),
+    ("x-pgc-other", "hop"),
+    ("trailer", "x-pgc-t"),
+    ("x-pgc-keep", "2"),
+]
+
+
+@pytest.mark.rule("HD-4")
+async def test_client_drops_hop_by_hop_request_headers(driven: DrivenClient) -> None:
+    """HD-4: the local app gets the open's headers without hop-by-hop ones and without
+    those a Connection header names; the rest in order with duplicates."""
+    session = driven.session
+    stream_id = await _open(
+        session, method="GET", path="/echo/hd4", headers=_HOP_MIX, end_stream=True
+    )
+    assert (await session.next_of(Response)).status == 200
+    body = json.loads(await session.read_body(stream_id))
+    got = _hop_headers_of([(n, v) for n, v in body["headers"]])
+    assert got == _hop_headers_of(expected_after_hop_by_hop(_HOP_MIX))
+
+
+@pytest.mark.rule("HD-4", "HD-3")
+async def test_client_drops_hop_by_hop_response_headers(driven: DrivenClient) -> None:
+    """HD-4: the response head the client sends has no hop-by-hop headers of the local
+    app's answer, nor those its Connection header names."""
+    session = driven.session
+    sent = [(n, v) for n, v in _HOP_MIX if n not in ("te", "proxy-authorization")]
+    spec = ResponseSpec(status=200, headers=sent).model_dump_json().encode()
+    stream_id = await _open(
+        session,
+        method="POST",
+        path="/respond",
+        headers=[("content-type", "application/json"), ("content-length", str(len(spec)))],
+        end_stream=False,
+    )
+    session.conn.send_data(stream_id, spec, end_stream=True)
+    await session.flush()
+    response = await session.next_of(Response)
+    assert response.status == 200
+    assert _hop_headers_of(list(response.headers)) == expected_after_hop_by_hop(sent)
 
 
 def _raw_open(stream_id: int, path: str = "/stall") -> str:
