@@ -7,10 +7,10 @@ import asyncio
 from collections.abc import Iterable
 
 import pytest
+from pipegate_client._internals import TunnelConnection
 from pipegate_client._settings import ClientSettings
 from pipegate_client._tunnel import TunnelSession
-from pipegate_client._wsconnection import TunnelConnection
-from pipegate_client._wsframes import MaskSource, client_frame
+from pipegate_tunnel import MaskSource, client_frame
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode

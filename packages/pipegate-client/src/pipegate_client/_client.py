@@ -16,14 +16,15 @@ from pipegate_protocol import (
     ProtocolVersion,
     public_url_for,
 )
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from ._backoff import Backoff
+from ._internals import TunnelConnection
 from ._local import LocalApp
 from ._settings import ClientSettings
+from ._transport import PlainTunnelConnection
 from ._tunnel import AGENT, TunnelSession
-from ._wsconnection import TunnelConnection
 from .errors import (
     ConfigurationError,
     TokenRefusedError,
@@ -120,8 +121,8 @@ class TunnelClient:
         logger.info("[%s] stopped", self.connection_id)
 
     async def _until_stopped(
-        self, coro: Coroutine[Any, Any, TunnelConnection]
-    ) -> TunnelConnection | None:
+        self, coro: Coroutine[Any, Any, TunnelConnection | PlainTunnelConnection]
+    ) -> TunnelConnection | PlainTunnelConnection | None:
         """Run a connection attempt unless stop() comes first (then ``None``)."""
         attempt = asyncio.ensure_future(coro)
         stopper = asyncio.ensure_future(self._stopping.wait())
@@ -146,7 +147,9 @@ class TunnelClient:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
 
-    async def _connect(self) -> TunnelConnection:
+    async def _connect(self) -> TunnelConnection | PlainTunnelConnection:
+        """Open the tunnel WebSocket: a :class:`TunnelConnection` on the fast path, a
+        :class:`PlainTunnelConnection` (public API only) without it."""
         settings = self.settings
         try:
             websocket = await connect(
@@ -162,7 +165,7 @@ class TunnelClient:
                 max_size=settings.max_frame_size + FRAME_HEADER_SIZE,
                 write_limit=256 * 1024,
                 ssl=settings.server_ssl_context(),
-                create_connection=TunnelConnection,
+                create_connection=TunnelConnection if settings.fast_path else ClientConnection,
             )
         except InvalidStatus as exc:
             raise self._refusal(exc) from None
@@ -178,8 +181,9 @@ class TunnelClient:
                 f"the server at {settings.server_url} accepted the WebSocket without the "
                 f"{ProtocolVersion.V1.value} subprotocol; it is not a compatible PipeGate server"
             )
-        assert isinstance(websocket, TunnelConnection)  # create_connection above
-        return websocket
+        if isinstance(websocket, TunnelConnection):
+            return websocket
+        return PlainTunnelConnection(websocket)
 
     def _refusal(self, exc: InvalidStatus) -> Exception:
         status = exc.response.status_code
@@ -219,11 +223,16 @@ class TunnelClient:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """Why a connection attempt failed, told by the exception's type only.
+
+    (asyncio reports several failed addresses as one plain :class:`OSError`, whose
+    text lists each; it is shown as it is.)
+    """
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"{exc.verify_message}; pass --ca-file if the server uses a private CA"
-    if isinstance(exc, ConnectionRefusedError) or "refused" in text.lower():
+    if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, TimeoutError):
         return "timed out"
+    text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__

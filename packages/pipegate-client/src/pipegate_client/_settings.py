@@ -53,6 +53,10 @@ class ClientSettings:
     max_frame_size: int = 256 * 1024
     #: Per-stream receive window; bounds the request body buffered per stream.
     initial_window: int = 1024 * 1024
+    #: Run the tunnel WebSocket on the fast path (``_internals.TunnelConnection``,
+    #: which reads websockets' internals); False uses its public API only
+    #: (``--no-fast-path``).
+    fast_path: bool = True
 
     def __post_init__(self) -> None:
         # HS-1: the tunnel endpoint is exactly /<id>; "wss://h/node/" would otherwise

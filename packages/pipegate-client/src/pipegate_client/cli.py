@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the server after a ping before reconnecting (default 15)",
     )
     parser.add_argument(
+        "--no-fast-path",
+        dest="fast_path",
+        action="store_false",
+        help="use websockets' public API only (one recv()/send() per message) instead of "
+        "the batched connection that reads its internals; slower, for diagnosis and for "
+        "websockets versions the fast path was not tested with",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("PIPEGATE_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -128,6 +136,7 @@ def settings_from_args(args: argparse.Namespace) -> ClientSettings:
         grace_period=args.grace_period,
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
+        fast_path=args.fast_path,
     )
 
 

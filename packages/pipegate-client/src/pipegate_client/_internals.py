@@ -1,7 +1,33 @@
-"""The tunnel WebSocket: websockets' client connection with batched reads and writes.
+"""Every reach of the client under a library's private API, in one module: the tunnel
+WebSocket as websockets' client connection with batched reads and writes.
 
-Everything here that reaches under the websockets library is listed in the class
-docstring of :class:`TunnelConnection`.
+Nothing else in the package reaches under websockets; ``--no-fast-path``
+(``ClientSettings.fast_path=False``) runs the tunnel on websockets' public
+``connect()``/``recv()``/``send()`` (:class:`~pipegate_client._transport.PlainTunnelConnection`)
+and touches none of this. The pins in ``pyproject.toml`` stop below the first version
+not tested with it.
+
+Reaches (tested with websockets 13.0 and 17.4):
+
+1. ``websockets.asyncio.client.ClientConnection`` (its base
+   ``websockets.asyncio.connection.Connection``), subclassed by
+   :class:`TunnelConnection`: overrides ``data_received``, ``process_event``,
+   ``connection_lost``, ``recv`` and ``send_data``; reads ``protocol``, ``transport``,
+   ``loop`` and ``paused``; calls ``send_context()`` and ``acknowledge_pings()``.
+   Why: plain frames read past the library's parser into an inbox taken in one batch
+   (:meth:`~TunnelConnection.receive_batch`), and several messages written in one
+   system call (:meth:`~TunnelConnection.send_now`).
+2. websockets' sans-I/O ``ClientProtocol`` (``self.protocol``): ``state``,
+   ``max_message_size``, ``data_to_send()``, ``send_text``/``send_binary``/
+   ``send_pong``/``fail`` (public), and in :func:`library_at_frame_boundary` the
+   private ``extensions``, ``current_size``, ``reader.buffer``, ``max_fragment_size``
+   and the generator chain of ``parser`` (``gi_yieldfrom``,
+   ``gi_code.co_name == "at_eof"``). Why: frames may be read past the parser only
+   from a frame boundary; missing attributes answer False and the library then reads
+   every frame.
+3. ``websockets.speedups.apply_mask``, the library's C masking function (not in its
+   documented API), passed to :func:`pipegate_tunnel.client_frame`: the
+   standard-library fallback is 6 to 170 times slower.
 """
 
 from __future__ import annotations
@@ -11,24 +37,31 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal, overload
 
-from websockets import typing as ws_typing
-from websockets.asyncio.client import ClientConnection
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-
-from ._wsframes import (
+from pipegate_tunnel import (
     NEED_MORE,
     NOT_PLAIN,
     OP_BINARY,
     OP_PING,
     OP_TEXT,
+    MaskFunction,
     MaskSource,
     client_frame,
-    library_at_frame_boundary,
     scan_server_frame,
 )
+from websockets import typing as ws_typing
+from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
-__all__ = ["TunnelConnection"]
+try:  # the library's C extension, as its own framing uses
+    from websockets.speedups import apply_mask as _library_mask
+except ImportError:  # pragma: no cover - a pure-Python build of websockets
+    from websockets.utils import apply_mask as _library_mask
+
+__all__ = ["TunnelConnection", "library_at_frame_boundary"]
+
+#: websockets' masking function (reach 3), typed as the frame builder expects it.
+MASK: MaskFunction = _library_mask
 
 
 class TunnelConnection(ClientConnection):
@@ -46,7 +79,7 @@ class TunnelConnection(ClientConnection):
 
     Receiving: from the first frame after the handshake (when the library's parser
     provably waits between frames), plain frames are read here
-    (:func:`~pipegate_client._wsframes.scan_server_frame`) into an inbox that
+    (:func:`pipegate_tunnel.scan_server_frame`) into an inbox that
     :meth:`receive_batch` empties. The first frame that is not plain (a close, a
     fragment, a bad frame) and everything after it goes to the library, whose
     messages keep their place in the inbox as a marker taken with ``recv()``.
@@ -233,9 +266,9 @@ class TunnelConnection(ClientConnection):
             return False
         take = self._masks.take
         frames = [
-            client_frame(OP_TEXT, message.encode(), take())
+            client_frame(OP_TEXT, message.encode(), take(), MASK)
             if isinstance(message, str)
-            else client_frame(OP_BINARY, message, take())
+            else client_frame(OP_BINARY, message, take(), MASK)
             for message in messages
         ]
         if len(frames) == 1:
@@ -267,3 +300,27 @@ _NO_LIMIT = 2**63
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 #: Messages waiting in the inbox above which reading pauses until the reader took them.
 _INBOX_HIGH_WATER = 64
+
+
+def library_at_frame_boundary(protocol: Any) -> bool:
+    """True when websockets' sans-I/O parser has nothing buffered and waits for the
+    first byte of a frame, with no message in progress and no extension: from there
+    on, whole frames can be read past it, and any rest handed back to it at a frame
+    boundary.
+
+    An empty buffer alone does not say it: the parser may have taken a frame's header
+    and wait for its payload. The innermost generator it waits in tells: ``at_eof``
+    between frames, ``read_exact`` within one. On a websockets without these
+    attributes the answer is False, and the library reads every frame.
+    """
+    try:
+        if protocol.extensions or protocol.current_size is not None or protocol.reader.buffer:
+            return False
+        if protocol.max_fragment_size is not None:
+            return False
+        waiting = protocol.parser
+        while waiting.gi_yieldfrom is not None:
+            waiting = waiting.gi_yieldfrom
+        return bool(waiting.gi_code.co_name == "at_eof")
+    except AttributeError:
+        return False
