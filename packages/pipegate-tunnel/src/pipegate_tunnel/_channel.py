@@ -286,6 +286,8 @@ class StreamChannel:
                     observer.websocket_message(self, size, sent=True)
             self.bytes_sent += size
             shell.flush()
+            if self.failure is not None:  # the transport broke under that write
+                raise self.failure
             offset += size
             if last:
                 return
