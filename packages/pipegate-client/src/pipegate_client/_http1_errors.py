@@ -18,6 +18,13 @@ text. The table, first match wins (``reason`` is the error's one-line reason)::
     OSError, errno ECONNREFUSED    LocalRefusedError         "connection refused"
     other OSError with an errno    LocalConnectError         os.strerror(errno), lower case
     OSError without an errno       LocalConnectError         its first line, shown as is
+    httptools.HttpParserError      the LocalAppError a callback raised in the parser,
+                                   else LocalResponseError   "invalid HTTP/1.1 response:
+                                                             <its first line>"
+
+An :class:`OSError` without an errno is what asyncio raises when every address of a
+name failed differently; :meth:`~._http1_connection.HTTP1Connection.connect` tries the
+addresses itself so that its own failures keep their type.
 
 Under an exchange (:func:`lost_error`) the reason is the same and the class is
 :class:`LocalConnectionLostError`. A connect that ran out of the configured connect

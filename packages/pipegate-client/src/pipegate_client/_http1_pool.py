@@ -58,7 +58,7 @@ class HTTP1Pool:
         self.ssl_context = ssl_context
         #: Idle connections, most recently used last.
         self.idle: list[HTTP1Connection] = []
-        #: Connections open or being opened.
+        #: Open connections, idle or not (those being opened are counted apart).
         self.connections: set[HTTP1Connection] = set()
         self._opening = 0
         self._waiters: deque[asyncio.Future[None]] = deque()

@@ -302,7 +302,7 @@ class ResponseParsing:
     """
 
     if TYPE_CHECKING:
-        # Provided by the connection (see :class:`~._http1_connection.HTTP1Connection`).
+        # What HTTP1Connection provides: its exchange's fields and these methods.
         transport: asyncio.Transport | None
         _parser: httptools.HttpResponseParser
         _head_waiter: asyncio.Future[HTTP1Response] | None
