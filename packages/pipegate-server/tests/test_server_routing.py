@@ -6,10 +6,14 @@ docstring (the inline split it replaced against ``PathRouter.route``).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
+import pipegate_server._app
 import pytest
 from pipegate_protocol import RESERVED_PREFIX, is_valid_connection_id
+from pipegate_server._asgi import Scope
 from pipegate_server._routing import PathRouter, Route, RouteKind, Router
 
 ROUTER = PathRouter()
@@ -144,6 +148,11 @@ def test_route_is_an_immutable_value() -> None:
         route.connection_id = "other"  # type: ignore[misc]
 
 
+def test_public_prefix_is_the_id_segment() -> None:
+    route = ROUTER.route(_scope("http", b"/node/a/b"))
+    assert route.public_prefix + route.local_path == "/node/a/b"
+
+
 # ---------------------------------------------------------------------- public URL
 
 
@@ -177,6 +186,58 @@ def test_configured_public_url_wins(base: str) -> None:
     router = PathRouter(base)
     scope = _handshake([(b"host", b"internal:8000")], scheme="ws")
     assert router.public_url(scope, "node") == "https://pub.example/t/node"
+
+
+# ---------------------------------------------------------------------- another router
+
+
+class SubdomainRouter:
+    """A test-only Router: ``<id>.tunnels.test`` reaches tunnel ``<id>`` with the path
+    unchanged; everything else is routed by a PathRouter. Calls are recorded."""
+
+    def __init__(self) -> None:
+        self.fallback = PathRouter()
+        self.routed: list[Route] = []
+
+    def route(self, scope: Scope) -> Route:
+        host = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
+        name, _, domain = host.partition(".")
+        if scope["type"] == "http" and domain == "tunnels.test":
+            path = (scope.get("raw_path") or b"/").decode("latin-1")
+            route = Route(RouteKind.RELAY_HTTP, name, path)
+        else:
+            route = self.fallback.route(scope)
+        self.routed.append(route)
+        return route
+
+    def public_url(self, scope: Scope, connection_id: str) -> str:
+        return f"http://{connection_id}.tunnels.test"
+
+
+async def test_gateway_dispatches_on_another_router(
+    pg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # conftest's start_server builds the app with the default router: make that
+    # default this one (test_server_directory passes a directory to create_app).
+    router = SubdomainRouter()
+    monkeypatch.setattr(pipegate_server._app, "PathRouter", lambda public_url: router)
+    async with (
+        pg.start_server() as server,
+        pg.fake_client(server, "node", pg.echo_handler) as client,
+    ):
+        assert server.gateway.router is router
+        assert client.conn.peer_hello.public_url == "http://node.tunnels.test"
+        assert Route(RouteKind.TUNNEL, "node") in router.routed
+        async with httpx.AsyncClient() as http:
+            response = await http.get(
+                f"{server.base}/deep/path?q=1", headers={"Host": "node.tunnels.test"}
+            )
+            health = await http.get(f"{server.base}/_pipegate/health")
+    assert response.status_code == 200
+    assert json.loads(response.headers["x-echo"])["path"] == "/deep/path"
+    assert Route(RouteKind.RELAY_HTTP, "node", "/deep/path") in router.routed
+    assert health.status_code == 200
+    assert router.routed[-1] == Route(RouteKind.SERVER)
 
 
 # ---------------------------------------------------------------------- benchmark

@@ -8,6 +8,8 @@ importable from here is public.
 
 from ._app import Gateway, __version__, create_app
 from ._factory import PipeGateServer, ServerApp, create_server
+from ._registry import Claim, TunnelDirectory, TunnelRegistry
+from ._routing import PathRouter, Route, RouteKind, Router
 from ._settings import ServerSettings
 from .errors import (
     BodyTooLargeError,
@@ -27,12 +29,17 @@ from .errors import (
 __all__ = [
     "BodyTooLargeError",
     "CallerGoneError",
+    "Claim",
     "ConfigurationError",
     "Gateway",
     "HeadersTooLargeError",
+    "PathRouter",
     "PipeGateServer",
     "RelayError",
     "ResponseTimeoutError",
+    "Route",
+    "RouteKind",
+    "Router",
     "ServerApp",
     "ServerError",
     "ServerSettings",
@@ -40,7 +47,9 @@ __all__ = [
     "TokensFileError",
     "TunnelBusyError",
     "TunnelClosedError",
+    "TunnelDirectory",
     "TunnelNotFoundError",
+    "TunnelRegistry",
     "__version__",
     "create_app",
     "create_server",

@@ -75,6 +75,14 @@ class Route:
     connection_id: str = ""
     local_path: str = ""
 
+    @property
+    def public_prefix(self) -> str:
+        """The path the caller saw in front of ``local_path`` (X-Forwarded-Prefix):
+        ``/<id>`` in path routing. Computed on use, so a route costs nothing more; a
+        router whose URLs carry no prefix (host routing) returns a subclass that
+        answers ``""``."""
+        return "/" + self.connection_id
+
 
 class Router(Protocol):
     """Maps requests to routes and connection ids to their public URL."""
