@@ -137,7 +137,7 @@ class Gateway:
             logger.error("credentials reload failed, keeping the old ones: %s", exc)
             return False
         revoked = 0
-        for tunnel in self.registry.running():
+        for tunnel in self.directory.running():
             credential = self.authenticator.current(tunnel.credential.digest)
             if credential is None or not credential.allows(tunnel.connection_id):
                 revoked += 1
@@ -151,7 +151,7 @@ class Gateway:
         (503), let streams in flight finish for ``grace`` seconds, then close tunnels."""
         grace = self.settings.shutdown_grace if grace is None else grace
         self.relay.draining = True
-        tunnels = list(self.registry.running())
+        tunnels = list(self.directory.running())
         logger.info("shutting down: go-away to %d tunnel(s), grace %.0f s", len(tunnels), grace)
         for tunnel in tunnels:
             tunnel.goaway(GoAwayReason.SHUTDOWN, "the server is shutting down")
