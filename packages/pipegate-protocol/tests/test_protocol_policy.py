@@ -3,6 +3,9 @@ written out from docs/protocol.md, not derived from the code under test."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pipegate_protocol
 import pytest
 from hypothesis import given
@@ -241,3 +244,11 @@ def test_policy_names_are_public() -> None:
         "strip_hop_by_hop",
     ):
         assert name in pipegate_protocol.__all__
+
+
+def test_every_reference_implementation_named_in_the_spec_is_public() -> None:
+    spec = (Path(__file__).resolve().parents[3] / "docs" / "protocol.md").read_text("utf-8")
+    named = set(re.findall(r"`pipegate_protocol\.(\w+)`", spec))
+    assert {"strip_hop_by_hop", "forwarding_headers", "status_for_failure"} <= named
+    assert {"close_code_for_relay", "close_code_for_hop", "close_code_for_reset"} <= named
+    assert named <= set(pipegate_protocol.__all__)
