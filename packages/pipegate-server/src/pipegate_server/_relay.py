@@ -365,9 +365,7 @@ class Relay:
                 await send({"type": "http.response.body", "body": item.data, "more_body": True})
                 tunnel.acknowledge(channel, len(item.data))
 
-    async def _pump_request(
-        self, tunnel: Tunnel, channel: RelayChannel, receive: Receive
-    ) -> None:
+    async def _pump_request(self, tunnel: Tunnel, channel: RelayChannel, receive: Receive) -> None:
         """Forward the request body, then watch for the caller disconnecting."""
         limit = self.settings.max_body_size
         received = 0
