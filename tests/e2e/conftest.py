@@ -12,7 +12,9 @@ Starting processes is the slow part, so the suite shares what it can:
 
 Extra flags for every server and client the suite starts can be given in the
 environment as ``PIPEGATE_E2E_SERVER_ARGS`` / ``PIPEGATE_E2E_CLIENT_ARGS`` (shell
-syntax), e.g. to raise a body limit on another implementation.
+syntax), e.g. to raise a body limit on another implementation, and
+``PIPEGATE_E2E_NO_FAST_PATH=1`` adds ``--no-fast-path`` to both (public library APIs
+only; see ``e2e_support.NO_FAST_PATH``).
 """
 
 from __future__ import annotations

@@ -34,9 +34,21 @@ from pipegate_conformance.origin import pattern_sha256
 KiB = 1024
 MiB = 1024 * 1024
 
+#: ``PIPEGATE_E2E_NO_FAST_PATH=1`` runs every server and client of the suite with
+#: ``--no-fast-path`` (public library APIs only), as CI does once.
+NO_FAST_PATH = os.environ.get("PIPEGATE_E2E_NO_FAST_PATH", "") == "1"
+#: Flags every server and client gets for the fast-path switch (even a server started
+#: without the suite's defaults).
+FAST_PATH_ARGS: tuple[str, ...] = ("--no-fast-path",) if NO_FAST_PATH else ()
 #: Flags every server gets: the 100 MiB bodies of the suite must fit under the body limit.
-SERVER_ARGS: tuple[str, ...] = tuple(shlex.split(os.environ.get("PIPEGATE_E2E_SERVER_ARGS", "")))
-CLIENT_ARGS: tuple[str, ...] = tuple(shlex.split(os.environ.get("PIPEGATE_E2E_CLIENT_ARGS", "")))
+SERVER_ARGS: tuple[str, ...] = (
+    *shlex.split(os.environ.get("PIPEGATE_E2E_SERVER_ARGS", "")),
+    *FAST_PATH_ARGS,
+)
+CLIENT_ARGS: tuple[str, ...] = (
+    *shlex.split(os.environ.get("PIPEGATE_E2E_CLIENT_ARGS", "")),
+    *FAST_PATH_ARGS,
+)
 
 T = TypeVar("T")
 
@@ -174,7 +186,7 @@ class TunnelFactory:
     ) -> tuple[ManagedProcess, int]:
         """Start a server and wait for its health endpoint; returns it and its port."""
         port = port or free_port()
-        flags = [*(SERVER_ARGS if defaults else ()), *extra]
+        flags = [*(SERVER_ARGS if defaults else FAST_PATH_ARGS), *extra]
         if certs is not None:
             flags += ["--ssl-keyfile", str(certs.key_file), "--ssl-certfile", str(certs.cert_file)]
         process = self.group.start("server", server_command(port, token or self.token, *flags))

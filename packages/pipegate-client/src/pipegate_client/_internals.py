@@ -7,7 +7,8 @@ Nothing else in the package reaches under websockets; ``--no-fast-path``
 and touches none of this. The pins in ``pyproject.toml`` stop below the first version
 not tested with it.
 
-Reaches (tested with websockets 13.0 and 17.4):
+Reaches (tested with websockets 16.0 and 17.4; 13.0-15.0 fail the fast path's
+tests, and ``_websocket.py``'s ``max_size=(message, fragment)`` needs 16):
 
 1. ``websockets.asyncio.client.ClientConnection`` (its base
    ``websockets.asyncio.connection.Connection``), subclassed by

@@ -6,8 +6,9 @@ state. Nothing else in the package does; ``--no-fast-path``
 ``websockets-sansio`` protocols and touches none of this. The pins in
 ``pyproject.toml`` stop below the first versions not tested with it.
 
-Reaches (tested with uvicorn 0.50.0 and 0.54.0, websockets 13.0 and 17.4, httptools
-0.6.0 and 0.9.0; uvicorn 0.35.0-0.49.0 lack ``self.frames`` and fail):
+Reaches (tested with uvicorn 0.53.0 and 0.54.0, websockets 16.0 and 17.4, httptools
+0.8.0 and 0.9.0; uvicorn 0.35.0-0.49.0 have no ``frames`` attribute and 0.50.0-0.52.0
+no ``disconnected`` one, and their denials of an upgrade repeat Content-Length):
 
 1. ``uvicorn.protocols.http.httptools_impl.HttpToolsProtocol``, subclassed by
    :func:`http_protocol_class`: overrides ``__init__``, ``connection_made``,
