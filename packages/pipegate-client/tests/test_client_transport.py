@@ -28,6 +28,7 @@ def test_no_fast_path_flag_sets_the_setting() -> None:
     assert settings_from_args(build_parser().parse_args(base)).fast_path is True
     plain = settings_from_args(build_parser().parse_args([*base, "--no-fast-path"]))
     assert plain.fast_path is False
+    assert "--no-fast-path" in build_parser().format_help()
 
 
 async def _echo(websocket: ServerConnection) -> None:

@@ -96,6 +96,7 @@ def test_no_fast_path_selects_uvicorn_s_own_protocols() -> None:
     settings = settings_from_args(args, {})
     assert settings.fast_path is False
     assert ServerSettings(client_token="t").fast_path is True
+    assert "--no-fast-path" in build_parser().format_help()
     config = server_from_args(args, settings).config
     config.load()
     assert config.http_protocol_class is H11Protocol  # every method token, as "auto"
