@@ -96,3 +96,33 @@ def test_line_formatter_keeps_tracebacks() -> None:
     text = LineFormatter().format(record)
     assert text.splitlines()[0].endswith("ERROR pipegate_client: failed")
     assert "ValueError: boom" in text
+
+
+def test_request_log_writes_status_outcome_timing_and_bytes() -> None:
+    """The per-request line is a stream observer: written once, at the stream's end."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from pipegate_client._logging import RequestLog
+    from pipegate_tunnel import StreamChannel
+
+    stream = CountingStream()
+    logger = _logger(stream)
+    loop = asyncio.new_event_loop()
+    try:
+        shell: Any = SimpleNamespace(loop=loop, observer=None)
+        log = RequestLog("node", logger)
+        complete = StreamChannel(shell, 1, method="GET", path="/a")
+        complete.status, complete.bytes_received, complete.bytes_sent = 200, 3, 5
+        complete.ended_at = complete.opened_at + 0.0123
+        log.stream_ended(complete)
+        reset = StreamChannel(shell, 3, method="POST", path="/b")
+        reset.outcome = "reset by server"
+        reset.ended_at = reset.opened_at
+        log.stream_ended(reset)
+    finally:
+        loop.close()
+    assert stream.getvalue().splitlines() == [
+        "INFO [node] GET /a 200 12.3ms in=3B out=5B",
+        "INFO [node] POST /b - (reset by server) 0.0ms in=0B out=0B",
+    ]

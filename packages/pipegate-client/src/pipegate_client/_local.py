@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
@@ -138,8 +137,6 @@ async def relay_http(channel: LocalStream, app: LocalApp, connection_id: str) ->
     server reset the stream) propagate; the local connection is then closed.
     """
     message = channel.open
-    started = time.monotonic()
-    status: int | str = "-"
     body: AsyncIterator[bytes] | None = None if message.end_stream else channel.request_body()
     try:
         response = await app.pool.request(
@@ -149,34 +146,21 @@ async def relay_http(channel: LocalStream, app: LocalApp, connection_id: str) ->
             body,
         )
         try:
-            status = response.status
             await _relay_response(channel, response, app)
         finally:
             await response.aclose()
     except LocalAppError as exc:
         if channel.response_started:
-            status = f"{status} (local app failed mid-body: {exc.reason})"
+            channel.outcome = f"local app failed mid-body: {exc.reason}"
             channel.reset(ResetCode.UPSTREAM_FAILED, f"local app failed: {exc.reason}")
         else:
-            status = 502
             await send_plain_error(channel, 502, app.unreachable_reason(exc))
     except asyncio.CancelledError:
-        status = f"{status} (reset by server)"
+        channel.outcome = "reset by server"
         raise
     except StreamGone:
-        status = f"{status} (stream gone)"
+        channel.outcome = "stream gone"
         raise
-    finally:
-        logger.info(
-            "[%s] %s %s %s %.1fms in=%dB out=%dB",
-            connection_id,
-            message.method,
-            message.path,
-            status,
-            (time.monotonic() - started) * 1000,
-            channel.bytes_received,
-            channel.bytes_sent,
-        )
     if channel.is_open and not await channel.discard_request_body(
         limit=_DISCARD_LIMIT, seconds=_DISCARD_TIMEOUT
     ):

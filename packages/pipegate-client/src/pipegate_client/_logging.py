@@ -16,7 +16,9 @@ import logging
 import time
 from typing import TextIO
 
-__all__ = ["LOG_FORMAT", "LineFormatter", "TurnBufferedHandler"]
+from pipegate_tunnel import StreamChannel, StreamObserver
+
+__all__ = ["LOG_FORMAT", "LineFormatter", "RequestLog", "TurnBufferedHandler"]
 
 #: The client's log line: time, level, logger name, message.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -89,3 +91,36 @@ class TurnBufferedHandler(logging.StreamHandler[TextIO]):
             self.stream.flush()
         except (OSError, ValueError):  # stderr closed or gone: nothing left to tell
             pass
+
+
+class RequestLog(StreamObserver):
+    """The per-request log line, written when a stream ends (a stream observer).
+
+    ``[id] METHOD /path STATUS (how it ended) 1.2ms in=…B out=…B``: the status the
+    client answered (``-`` when none), a note when the stream did not simply
+    complete, the time from the open to the end, and the body (or WebSocket) bytes
+    received from the server and sent back. The query string is never logged: it
+    may carry secrets.
+    """
+
+    def __init__(self, connection_id: str, logger: logging.Logger) -> None:
+        self._connection_id = connection_id
+        self._logger = logger
+
+    def stream_ended(self, channel: StreamChannel) -> None:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return
+        status = "-" if channel.status is None else str(channel.status)
+        if channel.outcome:
+            status = f"{status} ({channel.outcome})"
+        ended = channel.ended_at if channel.ended_at is not None else channel.opened_at
+        self._logger.info(
+            "[%s] %s %s %s %.1fms in=%dB out=%dB",
+            self._connection_id,
+            channel.method,
+            channel.path,
+            status,
+            (ended - channel.opened_at) * 1000,
+            channel.bytes_received,
+            channel.bytes_sent,
+        )

@@ -34,11 +34,12 @@ from pipegate_protocol import (
     Role,
     StreamKind,
 )
-from pipegate_tunnel import Heartbeat, StreamChannel, TunnelShell
+from pipegate_tunnel import Heartbeat, StreamChannel, StreamObserver, TunnelShell
 from pipegate_tunnel.errors import StreamGone, TransportClosed
 from websockets.exceptions import ConnectionClosed
 
 from ._local import LocalApp, relay_http
+from ._logging import RequestLog
 from ._settings import ClientSettings
 from ._stream import LocalStream
 from ._websocket import relay_websocket
@@ -120,7 +121,11 @@ class SessionOutcome:
 
 
 class TunnelSession(TunnelShell):
-    """Runs one connected tunnel until the WebSocket closes."""
+    """Runs one connected tunnel until the WebSocket closes.
+
+    ``observer`` sees every stream (see :class:`~pipegate_tunnel.StreamObserver`); by
+    default it is :class:`~pipegate_client._logging.RequestLog`, the per-request line.
+    """
 
     def __init__(
         self,
@@ -129,6 +134,7 @@ class TunnelSession(TunnelShell):
         local: LocalApp,
         *,
         on_established: Callable[[Hello], None],
+        observer: StreamObserver | None = None,
     ) -> None:
         conn = Connection(
             Role.CLIENT,
@@ -147,6 +153,9 @@ class TunnelSession(TunnelShell):
                 only_when_silent=True,
             ),
             hello_timeout=settings.connect_timeout,
+            observer=observer
+            if observer is not None
+            else RequestLog(settings.connection_id, logger),
             log=logger,
         )
         self.websocket = websocket

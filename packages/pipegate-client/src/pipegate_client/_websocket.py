@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 
 from pipegate_protocol import (
@@ -68,8 +67,6 @@ def _subprotocols(headers: tuple[tuple[str, str], ...]) -> list[Subprotocol]:
 async def relay_websocket(channel: LocalStream, app: LocalApp, connection_id: str) -> None:
     """Relay one ``websocket`` stream; see the module docstring."""
     message = channel.open
-    started = time.monotonic()
-    outcome = "-"
     try:
         try:
             local = await connect(
@@ -93,7 +90,7 @@ async def relay_websocket(channel: LocalStream, app: LocalApp, connection_id: st
         except InvalidStatus as exc:
             refusal = exc.response
             body = bytes(refusal.body or b"")
-            outcome = f"{refusal.status_code} (websocket refused)"
+            channel.outcome = "websocket refused"
             headers = [
                 (name, value)
                 for name, value in strip_hop_by_hop(list(refusal.headers.raw_items()))
@@ -105,7 +102,7 @@ async def relay_websocket(channel: LocalStream, app: LocalApp, connection_id: st
                 await channel.send_data(body, end_stream=True)
             return
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            outcome = "502 (websocket)"
+            channel.outcome = "websocket"
             await send_plain_error(channel, 502, app.unreachable_reason(exc))
             return
         try:
@@ -116,25 +113,14 @@ async def relay_websocket(channel: LocalStream, app: LocalApp, connection_id: st
                 if name.lower() not in _HANDSHAKE_RESPONSE_HEADERS
             ]
             await channel.send_response(101, headers)
-            outcome = "101 websocket"
+            channel.outcome = "websocket"
             close = await _relay_messages(channel, local)
-            outcome = f"101 websocket closed {close}"
+            channel.outcome = f"websocket closed {close}"
         finally:
             await local.close(1001, "tunnel stream ended")
     except asyncio.CancelledError:
-        outcome = f"{outcome} (reset by server)"
+        channel.outcome = f"{channel.outcome} reset by server".lstrip()
         raise
-    finally:
-        logger.info(
-            "[%s] %s %s %s %.1fms in=%dB out=%dB",
-            connection_id,
-            message.method,
-            message.path,
-            outcome,
-            (time.monotonic() - started) * 1000,
-            channel.bytes_received,
-            channel.bytes_sent,
-        )
 
 
 async def _relay_messages(channel: LocalStream, local: ClientConnection) -> str:
