@@ -21,7 +21,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from pipegate_protocol import (
@@ -100,10 +100,7 @@ class Gateway:
             directory = TunnelRegistry(FailureTracker(settings.bad_token_budget))
         self.directory: TunnelDirectory = directory
         self.registry: TunnelDirectory = directory
-        # Relay and Tunnel still annotate the concrete class; they use only get()
-        # and release(), which every TunnelDirectory has.
-        self._as_registry = cast(TunnelRegistry, directory)
-        self.relay = Relay(settings, self._as_registry)
+        self.relay = Relay(settings, directory)
         self.authenticator = Authenticator(*self._load_credentials())
         self.agent = f"pipegate-server/{__version__}"
 
@@ -225,7 +222,7 @@ class Gateway:
             connection_id=connection_id,
             credential=credential,
             settings=self.settings,
-            registry=self._as_registry,
+            registry=self.directory,
             receive=receive,
             send=send,
             version=negotiated,

@@ -35,7 +35,7 @@ from pipegate_protocol import (
 )
 
 from ._asgi import PEER, Receive, Scope, Send
-from ._registry import TunnelRegistry
+from ._registry import TunnelDirectory
 from ._settings import ServerSettings
 from ._tunnel import RelayChannel, Tunnel
 from .errors import (
@@ -134,7 +134,7 @@ def _error_headers(error: RelayError) -> list[tuple[bytes, bytes]]:
 class Relay:
     """Relays public HTTP requests and WebSocket sessions to the tunnel for their id."""
 
-    def __init__(self, settings: ServerSettings, registry: TunnelRegistry) -> None:
+    def __init__(self, settings: ServerSettings, registry: TunnelDirectory) -> None:
         self.settings = settings
         self.registry = registry
         self.draining = False

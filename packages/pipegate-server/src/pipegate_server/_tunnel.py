@@ -56,7 +56,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._registry import TunnelRegistry
+    from ._registry import TunnelDirectory
 
 __all__ = ["AsgiTransport", "DirectTransport", "RelayChannel", "Tunnel"]
 
@@ -158,7 +158,7 @@ class Tunnel(TunnelShell):
         connection_id: str,
         credential: Credential,
         settings: ServerSettings,
-        registry: TunnelRegistry,
+        registry: TunnelDirectory,
         receive: Receive,
         send: Send,
         version: ProtocolVersion,
