@@ -273,13 +273,11 @@ class PipeGateApp(FastAPI):
         route = gateway.router.route(scope)
         kind = route.kind
         if kind is _RELAY_HTTP:
-            await gateway.relay.http(scope, receive, send, route.connection_id, route.local_path)
+            await gateway.relay.http(scope, receive, send, route)
         elif kind is _SERVER:
             await super().__call__(scope, receive, send)
         elif kind is _RELAY_WEBSOCKET:
-            await gateway.relay.websocket(
-                scope, receive, send, route.connection_id, route.local_path
-            )
+            await gateway.relay.websocket(scope, receive, send, route)
         elif kind is _TUNNEL:
             await gateway.tunnel_endpoint(scope, receive, send, route.connection_id)
         elif scope["type"] == "websocket":

@@ -36,6 +36,7 @@ from pipegate_protocol import (
 
 from ._asgi import PEER, Receive, Scope, Send
 from ._registry import TunnelDirectory
+from ._routing import Route
 from ._settings import ServerSettings
 from ._tunnel import RelayChannel, Tunnel
 from .errors import (
@@ -150,7 +151,7 @@ class Relay:
         return tunnel
 
     def _request_headers(
-        self, scope: Scope, connection_id: str, *, websocket: bool
+        self, scope: Scope, public_prefix: str, *, websocket: bool
     ) -> tuple[list[tuple[str, str]], int | None, bool]:
         """The headers to relay, the Content-Length and whether the body is chunked.
 
@@ -192,7 +193,7 @@ class Relay:
         headers += forwarding_headers(
             scheme=_http_scheme(scope),
             host=host,
-            prefix="/" + connection_id,
+            prefix=public_prefix,
             peer=str(peer[0]) if peer else None,
             forwarded_for=forwarded_for,
         )
@@ -240,14 +241,14 @@ class Relay:
         scope: Scope,
         receive: Receive,
         send: Send,
-        connection_id: str,
-        path: str,
+        route: Route,
     ) -> None:
-        """Relay one public HTTP request (``path`` is below ``/<connection_id>``)."""
+        """Relay one public HTTP request to ``route.local_path`` of its tunnel."""
+        connection_id, path = route.connection_id, route.local_path
         try:
             tunnel = self._tunnel_for(connection_id)
             headers, content_length, chunked = self._request_headers(
-                scope, connection_id, websocket=False
+                scope, route.public_prefix, websocket=False
             )
             limit = self.settings.max_body_size
             if limit and content_length is not None and content_length > limit:
@@ -426,16 +427,16 @@ class Relay:
         scope: Scope,
         receive: Receive,
         send: Send,
-        connection_id: str,
-        path: str,
+        route: Route,
     ) -> None:
         """Relay one public WebSocket session through the tunnel (rules WS-*)."""
         event = await receive()
         if event["type"] != "websocket.connect":
             return
+        connection_id, path = route.connection_id, route.local_path
         try:
             tunnel = self._tunnel_for(connection_id)
-            headers, _, _ = self._request_headers(scope, connection_id, websocket=True)
+            headers, _, _ = self._request_headers(scope, route.public_prefix, websocket=True)
             client = scope.get("client")
             channel = await tunnel.open_stream(
                 method="GET",

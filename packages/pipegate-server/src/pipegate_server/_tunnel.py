@@ -30,12 +30,10 @@ from pipegate_protocol import (
     GoAwayReason,
     Hello,
     ProtocolVersion,
-    RelayFailure,
     Reset,
     ResetCode,
     Role,
     StreamKind,
-    failure_for_reset,
 )
 from pipegate_protocol.errors import CloseCode, LocalProtocolError, MessageTooLargeError
 from pipegate_tunnel import Heartbeat, StreamChannel, TunnelShell
@@ -46,13 +44,12 @@ from ._auth import Credential
 from ._direct import DirectWebSocket
 from ._settings import ServerSettings
 from .errors import (
-    BodyTooLargeError,
     HeadersTooLargeError,
     RelayError,
-    ResponseTimeoutError,
     StreamResetError,
     TunnelBusyError,
     TunnelClosedError,
+    error_for_reset,
 )
 
 if TYPE_CHECKING:
@@ -61,12 +58,6 @@ if TYPE_CHECKING:
 __all__ = ["AsgiTransport", "DirectTransport", "RelayChannel", "Tunnel"]
 
 logger = logging.getLogger("pipegate.server")
-
-_RESET_ERROR: dict[RelayFailure, type[RelayError]] = {
-    RelayFailure.TIMEOUT: ResponseTimeoutError,
-    RelayFailure.BODY_TOO_LARGE: BodyTooLargeError,
-    RelayFailure.BUSY: TunnelBusyError,
-}
 
 
 class AsgiTransport:
@@ -249,10 +240,7 @@ class Tunnel(TunnelShell):
 
     def reset_error(self, message: Reset) -> RelayError:
         text = f"the tunnel client reset the stream: {message.message or message.code.value}"
-        error_type = _RESET_ERROR.get(failure_for_reset(message.code))
-        if error_type is None:
-            return StreamResetError(text, code=message.code)
-        return error_type(text)
+        return error_for_reset(message.code, text)
 
     def stream_gone(self, channel: StreamChannel) -> RelayError:
         return StreamResetError("the stream ended")
