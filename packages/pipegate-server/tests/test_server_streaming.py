@@ -87,3 +87,30 @@ async def test_request_body_streams_before_it_is_complete(server: Any, pg: Any) 
     async with pg.fake_client(server, "req", handler), httpx.AsyncClient() as http:
         response = await http.post(f"{server.base}/req/x", content=body())
     assert response.content == b"part-1part-2"
+
+
+async def test_a_gateway_observer_sees_each_relayed_stream(server: Any, pg: Any) -> None:
+    """The stream observer seam on the server: open, head, body both ways, end."""
+    from pipegate_tunnel import StreamChannel, StreamObserver
+
+    events: list[tuple[str, Any]] = []
+
+    class Recorder(StreamObserver):
+        def stream_opened(self, channel: StreamChannel) -> None:
+            events.append(("open", (channel.method, channel.path)))
+
+        def response_head(self, channel: StreamChannel, status: int) -> None:
+            events.append(("head", status))
+
+        def stream_ended(self, channel: StreamChannel) -> None:
+            events.append(("end", (channel.status, channel.bytes_sent, channel.bytes_received)))
+
+    server.gateway.observer = Recorder()
+    async with pg.fake_client(server, "seen", _digest_handler), httpx.AsyncClient() as http:
+        response = await http.post(f"{server.base}/seen/data?q=1", content=b"abc")
+        assert response.status_code == 200
+        for _ in range(100):
+            if events and events[-1][0] == "end":
+                break
+            await asyncio.sleep(0.01)
+    assert events == [("open", ("POST", "/data")), ("head", 200), ("end", (200, 3, 0))]

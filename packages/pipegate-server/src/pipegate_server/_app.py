@@ -33,6 +33,7 @@ from pipegate_protocol import (
     is_valid_connection_id,
     negotiate_version,
 )
+from pipegate_tunnel import StreamObserver
 
 from ._asgi import Receive, Scope, Send
 from ._auth import Authenticator, FailureTracker, load_tokens_file
@@ -86,6 +87,7 @@ class Gateway:
     ``directory`` holds the tunnels, the per-token limits and the bad-token budget
     (default: an in-process :class:`TunnelRegistry` with
     ``settings.bad_token_budget``). ``registry`` is the directory under its old name.
+    ``observer`` (:class:`~pipegate_tunnel.StreamObserver`) sees every relayed stream.
     """
 
     def __init__(
@@ -93,8 +95,11 @@ class Gateway:
         settings: ServerSettings,
         router: Router | None = None,
         directory: TunnelDirectory | None = None,
+        observer: StreamObserver | None = None,
     ) -> None:
         self.settings = settings
+        #: Sees every stream of tunnels connected from now on (none by default).
+        self.observer = observer
         self.router: Router = router if router is not None else PathRouter(settings.public_url)
         if directory is None:
             directory = TunnelRegistry(FailureTracker(settings.bad_token_budget))
@@ -230,6 +235,7 @@ class Gateway:
             remote=address,
             agent=self.agent,
             direct=(scope.get("extensions") or {}).get(DIRECT_EXTENSION),
+            observer=self.observer,
         )
         claim = await self.directory.claim(tunnel, limit=limit)
         if claim is Claim.LIMIT_REACHED:

@@ -36,7 +36,7 @@ from pipegate_protocol import (
     StreamKind,
 )
 from pipegate_protocol.errors import CloseCode, LocalProtocolError, MessageTooLargeError
-from pipegate_tunnel import Heartbeat, StreamChannel, TunnelShell
+from pipegate_tunnel import Heartbeat, StreamChannel, StreamObserver, TunnelShell
 from pipegate_tunnel.errors import TransportClosed
 
 from ._asgi import Receive, Send, websocket_payload
@@ -157,6 +157,7 @@ class Tunnel(TunnelShell):
         remote: str,
         agent: str,
         direct: DirectWebSocket | None = None,
+        observer: StreamObserver | None = None,
     ) -> None:
         conn = Connection(
             Role.SERVER,
@@ -172,6 +173,7 @@ class Tunnel(TunnelShell):
             connection_id=connection_id,
             heartbeat=Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout),
             hello_timeout=settings.hello_timeout,
+            observer=observer,
             log=logger,
         )
         self.credential = credential
