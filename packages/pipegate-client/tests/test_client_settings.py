@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import ssl
 from pathlib import Path
@@ -126,15 +125,8 @@ def test_client_settings_strip_trailing_slash_from_server_url() -> None:
     assert settings.connection_id == "node"
 
 
-def test_tune_gc_freezes_start_up_objects_and_collects_less_often() -> None:
-    from pipegate_client.cli import GC_YOUNG_THRESHOLD, tune_gc
+def test_the_command_line_tunes_gc_with_the_shared_function() -> None:
+    import pipegate_tunnel
+    from pipegate_client import cli
 
-    threshold = gc.get_threshold()
-    try:
-        tune_gc()
-        assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
-        assert GC_YOUNG_THRESHOLD > 700  # Python's default
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
+    assert cli.tune_gc is pipegate_tunnel.tune_gc  # tested in pipegate-tunnel

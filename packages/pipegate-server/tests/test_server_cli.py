@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import socket
@@ -127,15 +126,8 @@ def test_timeouts_reach_the_settings() -> None:
     assert build_parser().parse_args([]).hello_timeout == 10.0
 
 
-def test_tune_gc_freezes_start_up_objects_and_collects_less_often() -> None:
-    from pipegate_server.cli import GC_YOUNG_THRESHOLD, tune_gc
+def test_the_command_line_tunes_gc_with_the_shared_function() -> None:
+    import pipegate_tunnel
+    from pipegate_server import cli
 
-    threshold = gc.get_threshold()
-    try:
-        tune_gc()
-        assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
-        assert GC_YOUNG_THRESHOLD > 700  # Python's default
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
+    assert cli.tune_gc is pipegate_tunnel.tune_gc  # tested in pipegate-tunnel

@@ -337,3 +337,36 @@ def test_splitting_the_input_anywhere_gives_the_same_frames(
     chunks = [stream[a:b] for a, b in itertools.pairwise(points)]
     assert _scan_all(chunks, masked=masked) == messages
     assert _scan_all([stream], masked=masked) == messages
+
+
+def test_a_partial_frame_is_held_until_whole_then_scans_as_one() -> None:
+    """The readers' loop: scan, keep a PartialFrame on NEED_MORE, resume once whole."""
+    from pipegate_tunnel import OP_BINARY, PartialFrame, scan_server_frame, server_frame
+
+    payloads = [b"a" * 3, b"p" * 70_000, b"m" * 300]  # 7-bit, 64-bit, 16-bit lengths
+    stream = b"".join(server_frame(OP_BINARY, payload) for payload in payloads)
+
+    def read(pieces: list[bytes]) -> list[bytes]:
+        held: PartialFrame | None = None
+        out: list[bytes] = []
+        for data in pieces:
+            if held is not None:
+                whole = held.add(data)
+                if whole is None:
+                    continue
+                held, data = None, whole
+            pos = 0
+            while pos < len(data):
+                opcode, start, end = scan_server_frame(data, pos, 1 << 20)
+                if opcode == NEED_MORE:
+                    held = PartialFrame(data[pos:], end)
+                    break
+                assert opcode == OP_BINARY
+                out.append(data[start:end])
+                pos = end
+        assert held is None
+        return out
+
+    for size in (1, 2, 3, 7, 64, 1000, 4096, len(stream)):
+        pieces = [stream[i : i + size] for i in range(0, len(stream), size)]
+        assert read(pieces) == payloads

@@ -20,15 +20,11 @@ tests, and ``_websocket.py``'s ``max_size=(message, fragment)`` needs 16):
    system call (:meth:`~TunnelConnection.send_now`).
 2. websockets' sans-I/O ``ClientProtocol`` (``self.protocol``): ``state``,
    ``max_message_size``, ``data_to_send()``, ``send_text``/``send_binary``/
-   ``send_pong``/``fail`` (public), and in :func:`library_at_frame_boundary` the
-   private ``extensions``, ``current_size``, ``reader.buffer``, ``max_fragment_size``
-   and the generator chain of ``parser`` (``gi_yieldfrom``,
-   ``gi_code.co_name == "at_eof"``). Why: frames may be read past the parser only
-   from a frame boundary; missing attributes answer False and the library then reads
-   every frame.
-3. ``websockets.speedups.apply_mask``, the library's C masking function (not in its
-   documented API), passed to :func:`pipegate_tunnel.client_frame`: the
-   standard-library fallback is 6 to 170 times slower.
+   ``send_pong``/``fail`` (public); its parser state is read by
+   :func:`pipegate_tunnel._internals.library_at_frame_boundary`, and websockets' C
+   ``apply_mask`` is taken through ``pipegate_tunnel._internals.LIBRARY_MASK`` (both
+   listed in that module, shared with the server). Why: frames may be read past the
+   parser only from a frame boundary, and masked at C speed.
 """
 
 from __future__ import annotations
@@ -46,23 +42,20 @@ from pipegate_tunnel import (
     OP_TEXT,
     MaskFunction,
     MaskSource,
+    PartialFrame,
     client_frame,
     scan_server_frame,
 )
+from pipegate_tunnel._internals import LIBRARY_MASK, library_at_frame_boundary
 from websockets import typing as ws_typing
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-try:  # the library's C extension, as its own framing uses
-    from websockets.speedups import apply_mask as _library_mask
-except ImportError:  # pragma: no cover - a pure-Python build of websockets
-    from websockets.utils import apply_mask as _library_mask
-
 __all__ = ["TunnelConnection", "library_at_frame_boundary"]
 
 #: websockets' masking function (reach 3), typed as the frame builder expects it.
-MASK: MaskFunction = _library_mask
+MASK: MaskFunction = LIBRARY_MASK
 
 
 class TunnelConnection(ClientConnection):
@@ -99,9 +92,7 @@ class TunnelConnection(ClientConnection):
         self._fast: bool | None = None
         #: The start of a plain frame that did not arrive whole: its pieces, their
         #: total size and the size of the whole frame (or of its header).
-        self._held: list[bytes] | None = None
-        self._held_size = 0
-        self._held_need = 0
+        self._held: PartialFrame | None = None
 
     # ------------------------------------------------------------ receiving
 
@@ -169,12 +160,11 @@ class TunnelConnection(ClientConnection):
             return
         held = self._held
         if held is not None:
-            held.append(data)
-            self._held_size += len(data)
-            if self._held_size < self._held_need:
+            whole = held.add(data)
+            if whole is None:
                 return
             self._held = None
-            data = b"".join(held)
+            data = whole
         rest = self._read_frames(data)
         if rest is not None:
             self._fast = False
@@ -193,9 +183,7 @@ class TunnelConnection(ClientConnection):
                 return pos
             opcode, start, end = scan_server_frame(data, pos, max_size)
             if opcode == NEED_MORE:
-                self._held = [data[pos:]]
-                self._held_size = size - pos
-                self._held_need = end
+                self._held = PartialFrame(data[pos:], end)
                 return None
             if opcode == NOT_PLAIN:
                 return pos
@@ -301,27 +289,3 @@ _NO_LIMIT = 2**63
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 #: Messages waiting in the inbox above which reading pauses until the reader took them.
 _INBOX_HIGH_WATER = 64
-
-
-def library_at_frame_boundary(protocol: Any) -> bool:
-    """True when websockets' sans-I/O parser has nothing buffered and waits for the
-    first byte of a frame, with no message in progress and no extension: from there
-    on, whole frames can be read past it, and any rest handed back to it at a frame
-    boundary.
-
-    An empty buffer alone does not say it: the parser may have taken a frame's header
-    and wait for its payload. The innermost generator it waits in tells: ``at_eof``
-    between frames, ``read_exact`` within one. On a websockets without these
-    attributes the answer is False, and the library reads every frame.
-    """
-    try:
-        if protocol.extensions or protocol.current_size is not None or protocol.reader.buffer:
-            return False
-        if protocol.max_fragment_size is not None:
-            return False
-        waiting = protocol.parser
-        while waiting.gi_yieldfrom is not None:
-            waiting = waiting.gi_yieldfrom
-        return bool(waiting.gi_code.co_name == "at_eof")
-    except AttributeError:
-        return False

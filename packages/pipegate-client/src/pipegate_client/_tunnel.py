@@ -53,7 +53,8 @@ AGENT = "pipegate-client/1.0"
 
 class TunnelWebSocket(Protocol):
     """What a session uses of its WebSocket connection: the batched
-    :class:`~pipegate_client._wsconnection.TunnelConnection`, or its public-API twin."""
+    :class:`~pipegate_client._internals.TunnelConnection`, or its public-API twin
+    (:class:`~pipegate_client._transport.PlainTunnelConnection`)."""
 
     @property
     def close_code(self) -> int | None: ...

@@ -33,15 +33,12 @@ no ``disconnected`` one, and their denials of an upgrade repeat Content-Length):
    frames read and written past the library (:mod:`pipegate_tunnel._wsframes`),
    pausing reads by queue depth instead of per message, and no false "ASGI callable
    returned without completing handshake" error after an HTTP denial of an upgrade.
-4. websockets' sans-I/O ``ServerProtocol`` (uvicorn's ``self.conn``), in
-   :func:`library_at_frame_boundary`: ``extensions``, ``current_size``,
-   ``reader.buffer``, ``max_fragment_size``, and the generator chain of ``parser``
-   (``gi_yieldfrom``, ``gi_code.co_name == "at_eof"``). Why: frames may be read past
-   the parser only from a frame boundary. Missing attributes answer False, and the
-   library then reads every frame.
-5. ``websockets.speedups.apply_mask``, the library's C masking function (not in its
-   documented API), passed to the frame scanner: the standard-library fallback is
-   6 to 170 times slower.
+4. websockets' sans-I/O ``ServerProtocol`` (uvicorn's ``self.conn``), handed to
+   :func:`pipegate_tunnel._internals.library_at_frame_boundary`, which reads its
+   parser state; and websockets' C ``apply_mask`` through
+   ``pipegate_tunnel._internals.LIBRARY_MASK``. Both reaches are listed in that
+   module, shared with the client. Why: frames may be read past the parser only
+   from a frame boundary, and unmasked at C speed.
 
 ``PeerKeepingProxyHeaders`` subclasses uvicorn's public ``ProxyHeadersMiddleware`` and
 calls only its public ``__call__``; it is here because it is uvicorn-specific, and is
@@ -61,20 +58,17 @@ from pipegate_tunnel import (
     OP_PING,
     OP_TEXT,
     MaskFunction,
+    PartialFrame,
     scan_client_frame,
     server_frame,
     unmask,
 )
+from pipegate_tunnel._internals import LIBRARY_MASK, library_at_frame_boundary
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ._asgi import PEER, Receive, Scope, Send, websocket_payload
 from ._cork import CorkedTransport
 from ._direct import DIRECT_EXTENSION, MessageSink
-
-try:  # the library's C extension, as its own framing uses
-    from websockets.speedups import apply_mask as _library_mask
-except ImportError:  # pragma: no cover - a pure-Python build of websockets
-    from websockets.utils import apply_mask as _library_mask
 
 logger = logging.getLogger("pipegate.server")
 
@@ -86,7 +80,7 @@ __all__ = [
 ]
 
 #: websockets' masking function (reach 5), typed as the frame scanner expects it.
-MASK: MaskFunction = _library_mask
+MASK: MaskFunction = LIBRARY_MASK
 
 #: Bytes of a request head buffered for a possible hand-over; beyond that, no fallback.
 _MAX_BUFFERED_HEAD = 64 * 1024
@@ -272,9 +266,7 @@ def ws_protocol_class(*, fast_path: bool = True) -> Any:
         _fast: bool | None = None
         #: The start of a plain frame that did not arrive whole: its pieces, their
         #: total size and the size of the whole frame (or of its header).
-        _held: list[bytes] | None = None
-        _held_size = 0
-        _held_need = 0
+        _held: PartialFrame | None = None
 
         def handle_connect(self, event: Any) -> None:
             super().handle_connect(event)
@@ -292,12 +284,11 @@ def ws_protocol_class(*, fast_path: bool = True) -> Any:
                 return
             held = self._held
             if held is not None:
-                held.append(data)
-                self._held_size += len(data)
-                if self._held_size < self._held_need:
+                whole = held.add(data)
+                if whole is None:
                     return
                 self._held = None
-                data = b"".join(held)
+                data = whole
             self._read_frames(data)
 
         def _read_frames(self, data: bytes) -> None:
@@ -312,9 +303,7 @@ def ws_protocol_class(*, fast_path: bool = True) -> Any:
                     break
                 opcode, start, end = scan_client_frame(data, pos, max_size)
                 if opcode == NEED_MORE:
-                    self._held = [data[pos:]]
-                    self._held_size = size - pos
-                    self._held_need = end
+                    self._held = PartialFrame(data[pos:], end)
                     return
                 if opcode == NOT_PLAIN:
                     break
@@ -439,26 +428,3 @@ class PeerKeepingProxyHeaders(ProxyHeadersMiddleware):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
         scope[PEER] = scope.get("client")
         await super().__call__(scope, receive, send)  # type: ignore[arg-type]
-
-
-def library_at_frame_boundary(conn: Any) -> bool:
-    """True when websockets' parser has nothing buffered and waits for the first byte
-    of a frame, with no message in progress and no extension: from there on, whole
-    frames can be read past it, and any rest handed back to it at a frame boundary.
-
-    An empty buffer alone does not say it: the parser may have taken a frame's header
-    and wait for its payload. The innermost generator it waits in tells: ``at_eof``
-    between frames, ``read_exact`` within one. On a websockets without these
-    attributes the answer is False, and the library reads every frame.
-    """
-    try:
-        if conn.extensions or conn.current_size is not None or conn.reader.buffer:
-            return False
-        if conn.max_fragment_size is not None:
-            return False
-        waiting = conn.parser
-        while waiting.gi_yieldfrom is not None:
-            waiting = waiting.gi_yieldfrom
-        return bool(waiting.gi_code.co_name == "at_eof")
-    except AttributeError:
-        return False

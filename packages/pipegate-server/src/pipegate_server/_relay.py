@@ -188,7 +188,7 @@ class Relay:
                 continue
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         # The address this request came from: a trusted proxy's, not the caller's
-        # it reported (see _http.PeerKeepingProxyHeaders).
+        # it reported (see _internals.PeerKeepingProxyHeaders).
         peer = scope.get(PEER, scope.get("client"))
         headers += forwarding_headers(
             scheme=_http_scheme(scope),

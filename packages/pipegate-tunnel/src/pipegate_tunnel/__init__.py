@@ -10,6 +10,7 @@ See ``docs/architecture.md``.
 
 from ._channel import StreamChannel
 from ._observer import StreamObserver
+from ._process import GC_YOUNG_THRESHOLD, tune_gc
 from ._shell import CLOSE_TIMEOUT, HIGH_WATER, LOW_WATER, Heartbeat, TunnelShell
 from ._transport import MessageTransport
 from ._wsframes import (
@@ -21,6 +22,7 @@ from ._wsframes import (
     OP_TEXT,
     MaskFunction,
     MaskSource,
+    PartialFrame,
     apply_mask,
     client_frame,
     scan_client_frame,
@@ -31,6 +33,7 @@ from ._wsframes import (
 
 __all__: list[str] = [
     "CLOSE_TIMEOUT",
+    "GC_YOUNG_THRESHOLD",
     "HIGH_WATER",
     "LOW_WATER",
     "NEED_MORE",
@@ -43,6 +46,7 @@ __all__: list[str] = [
     "MaskFunction",
     "MaskSource",
     "MessageTransport",
+    "PartialFrame",
     "StreamChannel",
     "StreamObserver",
     "TunnelShell",
@@ -51,5 +55,6 @@ __all__: list[str] = [
     "scan_client_frame",
     "scan_server_frame",
     "server_frame",
+    "tune_gc",
     "unmask",
 ]

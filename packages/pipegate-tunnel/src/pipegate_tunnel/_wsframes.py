@@ -211,3 +211,29 @@ class MaskSource:
         key = self._buffer[self._offset : self._offset + 4]
         self._offset += 4
         return key
+
+
+class PartialFrame:
+    """The start of a plain frame that did not arrive whole, kept until it is.
+
+    A reader that scanned ``NEED_MORE`` at ``pos`` with ``need`` bytes required keeps
+    ``PartialFrame(data[pos:], need)`` and hands it each later piece: :meth:`add`
+    returns None until ``need`` bytes are there, then all of them joined, to be
+    scanned again from offset 0. Pieces are kept as they came (no copy per piece);
+    one join happens when the frame is complete. The bytes held are bounded by the
+    size the scanner asked for, itself bounded by the reader's frame size limit.
+    """
+
+    __slots__ = ("_need", "_pieces", "_size")
+
+    def __init__(self, start: bytes, need: int) -> None:
+        self._pieces = [start]
+        self._size = len(start)
+        self._need = need
+
+    def add(self, data: bytes) -> bytes | None:
+        self._pieces.append(data)
+        self._size += len(data)
+        if self._size < self._need:
+            return None
+        return b"".join(self._pieces)
