@@ -6,6 +6,7 @@ Run from the repository root::
     uv run python benchmarks/soak.py                 # 5 minutes
     uv run python benchmarks/soak.py --duration 1    # 1 minute
     uv run python benchmarks/soak.py --no-chaos      # traffic only
+    uv run python benchmarks/soak.py --no-chaos --attacks   # traffic beside attackers
 
 Traffic (all at once, each operation with its own deadline): small GETs checked
 against the echo, downloads and chunked uploads of 1-32 MiB checked by sha256,
@@ -18,7 +19,11 @@ Every operation ends as exactly one of: ``ok`` (answer verified), ``failed_statu
 ``failed_connection`` (refused/reset/cut off with an error, expected when the server
 dies), ``failed_other_status`` (any other status: a bug), ``hung`` (no end within
 its deadline: a bug, must be 0) or ``corrupted`` (a success whose content is wrong,
-e.g. a body cut short without an error: a bug, must be 0). At the end the tunnel
+e.g. a body cut short without an error: a bug, must be 0). With ``--attacks``,
+hostile public callers (``_attacks.py``: ping floods, 16 MiB message bombs,
+slowloris heads, header bombs, callers that never read) run beside the traffic, one
+episode after another each; their rows say how the server treated them (``cut``,
+``held`` by backpressure, or ``open``). At the end the tunnel
 must relay again (``recovered``). Prints a table, writes JSON to
 ``benchmarks/results/`` and exits non-zero if hung, corrupted or not recovered.
 """
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from _attacks import ATTACKS
 from _common import (
     MiB,
     RssSampler,
@@ -292,7 +298,27 @@ async def _recovered(stack: Stack, within: float = 60.0) -> bool:
     return False
 
 
-async def _soak(stack: Stack, seconds: float, chaos: bool, rng: random.Random) -> Tally:
+async def _attacker(
+    name: str, stack: Stack, tally: Tally, deadline: float, op_timeout: float
+) -> None:
+    attack = ATTACKS[name]
+    kind = f"attack:{name}"
+    while time.monotonic() < deadline - 2:
+        tally.add(kind, "sent")
+        try:
+            async with asyncio.timeout(op_timeout):
+                outcome = await attack(stack.port, CONNECTION_ID)
+        except TimeoutError:
+            outcome = "open"
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            outcome = "cut"
+        tally.add(kind, outcome)
+        await asyncio.sleep(0.5)
+
+
+async def _soak(
+    stack: Stack, seconds: float, chaos: bool, rng: random.Random, attacks: bool = False
+) -> Tally:
     tally = Tally()
     deadline = time.monotonic() + seconds
     big = [MiB, 4 * MiB, 16 * MiB, 32 * MiB]
@@ -305,6 +331,8 @@ async def _soak(stack: Stack, seconds: float, chaos: bool, rng: random.Random) -
     ]
     if chaos:
         tasks.append(_chaos(stack, deadline, rng))
+    if attacks:
+        tasks.extend(_attacker(name, stack, tally, deadline, 40) for name in ATTACKS)
     await asyncio.gather(*tasks)
     return tally
 
@@ -314,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="minutes (default 5)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-chaos", action="store_true", help="traffic without kills")
+    parser.add_argument(
+        "--attacks", action="store_true", help="hostile public callers beside the traffic"
+    )
     parser.add_argument("--server-arg", action="append", default=[], help="extra server flag")
     parser.add_argument("--client-arg", action="append", default=[], help="extra client flag")
     args = parser.parse_args(argv)
@@ -326,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_minutes": args.duration,
             "seed": seed,
             "chaos": not args.no_chaos,
+            "attacks": args.attacks,
             "server_args": args.server_arg,
             "client_args": args.client_arg,
         },
@@ -364,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         sampler.start_phase("soak")
         started = time.monotonic()
-        tally = run(_soak(stack, args.duration * 60, not args.no_chaos, rng))
+        tally = run(_soak(stack, args.duration * 60, not args.no_chaos, rng, args.attacks))
         results["elapsed_seconds"] = round(time.monotonic() - started, 1)
         recovered = run(_recovered(stack))
         results["rss_end_mib"] = {
@@ -388,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     results["odd_statuses"] = {str(k): v for k, v in tally.odd_statuses.items()}
     results["recovered"] = recovered
     outcomes = ["sent", "ok", "failed_status", "failed_connection", "failed_other_status",
-                "hung", "corrupted"]  # fmt: skip
+                "hung", "corrupted", "cut", "held", "open"]  # fmt: skip
     rows = [
         [kind, *(counter.get(o, 0) for o in outcomes)] for kind, counter in tally.by_kind.items()
     ]
