@@ -16,6 +16,7 @@ from .errors import (
     ClientError,
     ConfigurationError,
     HandshakeRefusedError,
+    NotATunnelEndpointError,
     TokenRefusedError,
     VersionRefusedError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "ClientSettings",
     "ConfigurationError",
     "HandshakeRefusedError",
+    "NotATunnelEndpointError",
     "TokenRefusedError",
     "TunnelClient",
     "VersionRefusedError",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import ssl
 import sys
 from collections.abc import Coroutine
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from pipegate_protocol import (
     FRAME_HEADER_SIZE,
@@ -16,17 +18,19 @@ from pipegate_protocol import (
     ProtocolVersion,
     public_url_for,
 )
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from ._backoff import Backoff
-from ._internals import TunnelConnection
+from ._internals import TunnelConnection, connect_no_redirect
 from ._local import LocalApp
 from ._settings import ClientSettings
-from ._transport import PlainTunnelConnection
+from ._text import printable
+from ._transport import GuardedClientConnection, PlainTunnelConnection
 from ._tunnel import AGENT, TunnelSession
 from .errors import (
     ConfigurationError,
+    HandshakeRefusedError,
+    NotATunnelEndpointError,
     TokenRefusedError,
     VersionRefusedError,
 )
@@ -40,6 +44,12 @@ class _RetryableConnectError(Exception):
     """A connection attempt failed in a way that a later attempt may not."""
 
 
+#: Answers to the tunnel upgrade that a later attempt may not get (HS-7: 409, 5xx;
+#: also a timeout, too early and too many requests). Any other status but 401/403/400
+#: says the URL is not a tunnel endpoint: the client stops (exit 5).
+_RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+
+
 class TunnelClient:
     """Keeps one tunnel to a PipeGate server up and relays its streams to the local app.
 
@@ -50,7 +60,14 @@ class TunnelClient:
     (token refused: :class:`~pipegate_client.errors.TokenRefusedError`).
 
     Each time the tunnel is established the public URL is written, alone on a line, to
-    ``output`` (stdout by default) and :attr:`connected` is set.
+    ``output`` (stdout by default) and :attr:`connected` is set. Text from the server
+    (the URL, close reasons, refusal bodies) is printed and logged with its control
+    characters escaped (:func:`._text.printable`).
+
+    It stops with :class:`~pipegate_client.errors.NotATunnelEndpointError` when the
+    server URL is no tunnel endpoint: the upgrade is answered with a status other than
+    101 that no retry can change (a 200, a redirect, which is never followed, a 404),
+    or the hello names another connection id than the one claimed.
     """
 
     def __init__(self, settings: ClientSettings, *, output: TextIO | None = None) -> None:
@@ -67,6 +84,9 @@ class TunnelClient:
         self._grace_period = settings.grace_period
         self._session: TunnelSession | None = None
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
+        #: Set when the session showed the URL is no tunnel endpoint; run() raises it.
+        self._fatal: HandshakeRefusedError | None = None
+        self._warned_plain = False
 
     # ------------------------------------------------------------ control
 
@@ -110,13 +130,15 @@ class TunnelClient:
                 finally:
                     self._session = None
                     self.connected.clear()
+                if self._fatal is not None:
+                    raise self._fatal
                 if outcome.stopped or self._stopping.is_set():
                     break
                 if outcome.established and not outcome.protocol_error:
                     self._backoff.reset()
                 await self._wait_before_retry(
                     f"tunnel closed ({outcome.close_code or 'no close code'}"
-                    f"{': ' + outcome.reason if outcome.reason else ''})"
+                    f"{': ' + printable(outcome.reason) if outcome.reason else ''})"
                 )
         logger.info("[%s] stopped", self.connection_id)
 
@@ -151,8 +173,10 @@ class TunnelClient:
         """Open the tunnel WebSocket: a :class:`TunnelConnection` on the fast path, a
         :class:`PlainTunnelConnection` (public API only) without it."""
         settings = self.settings
+        self._warn_plain_token()
         try:
-            websocket = await connect(
+            # Redirects are never followed: they would carry the token elsewhere.
+            websocket = await connect_no_redirect(
                 settings.server_url,
                 subprotocols=[ProtocolVersion.V1.value],  # type: ignore[list-item]
                 additional_headers={"Authorization": f"Bearer {settings.client_token}"},
@@ -165,7 +189,9 @@ class TunnelClient:
                 max_size=settings.max_frame_size + FRAME_HEADER_SIZE,
                 write_limit=256 * 1024,
                 ssl=settings.server_ssl_context(),
-                create_connection=TunnelConnection if settings.fast_path else ClientConnection,
+                create_connection=(
+                    TunnelConnection if settings.fast_path else GuardedClientConnection
+                ),
             )
         except InvalidStatus as exc:
             raise self._refusal(exc) from None
@@ -185,10 +211,24 @@ class TunnelClient:
             return websocket
         return PlainTunnelConnection(websocket)
 
+    def _warn_plain_token(self) -> None:
+        """One warning per client when the token goes over ``ws://`` to another host."""
+        if self._warned_plain:
+            return
+        self._warned_plain = True
+        parts = urlsplit(self.settings.server_url)
+        if parts.scheme == "ws" and not _is_loopback(parts.hostname or ""):
+            logger.warning(
+                "[%s] the client token is sent unencrypted over ws:// to %s; anyone on "
+                "the path can read it (and answer as the server): use wss://",
+                self.connection_id,
+                printable(parts.hostname or ""),
+            )
+
     def _refusal(self, exc: InvalidStatus) -> Exception:
         status = exc.response.status_code
         reason = (exc.response.body or b"").decode("utf-8", errors="replace").strip()
-        reason = reason.splitlines()[0][:200] if reason else ""
+        reason = printable(reason.splitlines()[0][:200]) if reason else ""
         detail = f"{status}{': ' + reason if reason else ''}"
         if status in (401, 403):
             return TokenRefusedError(
@@ -205,10 +245,31 @@ class TunnelClient:
                 f"connection id {self.connection_id!r} is already connected from another "
                 f"client ({detail})"
             )
-        return _RetryableConnectError(f"the server answered the tunnel upgrade with {detail}")
+        if status in _RETRYABLE_STATUSES or 500 <= status <= 599:
+            return _RetryableConnectError(f"the server answered the tunnel upgrade with {detail}")
+        location = exc.response.headers.get("Location")
+        if 300 <= status <= 399 and location:
+            detail += f" to {printable(location[:200])} (not followed)"
+        return NotATunnelEndpointError(
+            f"{self.settings.server_url} is not a PipeGate tunnel endpoint: the upgrade "
+            f"was answered with {detail}. {_URL_HINT}",
+            status=status,
+        )
 
     def _established(self, hello: Hello) -> None:
-        url = hello.public_url or public_url_for(self.settings.server_url)
+        if hello.connection_id is not None and hello.connection_id != self.connection_id:
+            # HS-12: the hello names the id this tunnel serves; another id means the
+            # upgrade was routed elsewhere than the URL says (or the server lies).
+            self._fatal = NotATunnelEndpointError(
+                f"{self.settings.server_url} is not a tunnel endpoint for "
+                f"{self.connection_id!r}: the server's hello is for "
+                f"{printable(hello.connection_id[:80])!r}. {_URL_HINT}"
+            )
+            self._stopping.set()
+            if self._session is not None:
+                self._session.close(1000, "hello for another connection id")
+            return
+        url = printable(hello.public_url or public_url_for(self.settings.server_url))
         self.public_url = url
         self.sessions_established += 1
         logger.info(
@@ -220,6 +281,25 @@ class TunnelClient:
         output = self._output if self._output is not None else sys.stdout
         print(url, file=output, flush=True)
         self.connected.set()
+
+
+#: What to check when the server URL turned out to be no tunnel endpoint.
+_URL_HINT = (
+    "A PipeGate server serves the tunnel of <id> at ws(s)://host/<id> exactly; a path "
+    "below an id (wss://host/node/alice) is a public WebSocket into tunnel 'node', and "
+    "a path prefix works only behind a reverse proxy that strips it. Check --server-url."
+)
+
+
+def _is_loopback(host: str) -> bool:
+    """True for ``localhost`` (and ``*.localhost``) and loopback addresses."""
+    host = host.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _describe(exc: BaseException) -> str:

@@ -25,6 +25,13 @@ tests, and ``_websocket.py``'s ``max_size=(message, fragment)`` needs 16):
    ``apply_mask`` is taken through ``pipegate_tunnel._internals.LIBRARY_MASK`` (both
    listed in that module, shared with the server). Why: frames may be read past the
    parser only from a frame boundary, and masked at C speed.
+3. ``websockets.asyncio.client.connect.process_redirect`` (a method of the public
+   ``connect`` class, not documented), overridden by :class:`connect_no_redirect` to
+   return the 3xx as it came. Why: websockets follows redirects by itself, with the
+   request's headers; on the local hop that let a local app point the caller's
+   handshake at another local service (SSRF), and on the tunnel hop it would carry
+   the token to wherever the server points. This one is used on ``--no-fast-path``
+   too: it is a safety rule, not a speed-up. Checked by the tests of both hops.
 """
 
 from __future__ import annotations
@@ -48,17 +55,28 @@ from pipegate_tunnel import (
 )
 from pipegate_tunnel._internals import LIBRARY_MASK, library_at_frame_boundary
 from websockets import typing as ws_typing
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-__all__ = ["TunnelConnection", "library_at_frame_boundary"]
+from ._transport import GuardedClientConnection
+
+__all__ = ["TunnelConnection", "connect_no_redirect", "library_at_frame_boundary"]
 
 #: websockets' masking function (reach 3), typed as the frame builder expects it.
 MASK: MaskFunction = LIBRARY_MASK
 
 
-class TunnelConnection(ClientConnection):
+class connect_no_redirect(connect):
+    """websockets' ``connect()`` that never follows a redirect: a 3xx answer to the
+    handshake raises :class:`~websockets.exceptions.InvalidStatus`, as any other
+    non-101 answer does (reach 3)."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
+class TunnelConnection(GuardedClientConnection):
     """The tunnel WebSocket, able to send several messages in one socket write and to
     hand over every message received since the last look in one batch.
 
@@ -150,7 +168,11 @@ class TunnelConnection(ClientConnection):
     def _resume_inbox(self) -> None:
         if self._inbox_paused and len(self._inbox) <= _INBOX_HIGH_WATER:
             self._inbox_paused = False
-            self.transport.resume_reading()
+            if not self.backlog_paused:
+                self.transport.resume_reading()
+
+    def may_read(self) -> bool:
+        return not self._inbox_paused
 
     def data_received(self, data: bytes) -> None:
         if self._fast is None and self.protocol.state is State.OPEN:
@@ -168,7 +190,9 @@ class TunnelConnection(ClientConnection):
         rest = self._read_frames(data)
         if rest is not None:
             self._fast = False
-            super().data_received(data[rest:])
+            super().data_received(data[rest:])  # checks the backlog itself
+        elif self.paused:  # pongs the server does not read (GuardedClientConnection)
+            self.check_backlog()
         self._wake_reader()
 
     def _read_frames(self, data: bytes) -> int | None:

@@ -7,6 +7,14 @@ body framing (``Transfer-Encoding: chunked`` when the caller gave no length,
 ``Content-Length: 0`` on a body-less POST-like request); nothing is done to the answer
 (no decompression, redirects or cookies). WebSocket streams use the ``websockets``
 library instead (:mod:`._websocket`); :func:`wire_str` is for its heads.
+
+The path of ``--local-url`` is a boundary: a caller's path whose dot segments would
+climb above it (``/../admin`` behind ``http://app/public``) is refused with 400, never
+sent (:func:`climbs_above_root`). Dot segments are recognised as a local app might
+decode them: ``.`` and ``%2e`` (any case), with ``/``, ``%2f`` and ``\\`` (raw or
+``%5c``) as separators. A path that stays below the prefix is sent as it came (the
+local app resolves ``/a/../b`` itself), and without a path in ``--local-url`` nothing
+is checked: there is nothing above the local app's root to reach.
 """
 
 from __future__ import annotations
@@ -23,9 +31,9 @@ from pipegate_protocol import LocalProtocolError, ResetCode, strip_hop_by_hop
 from ._http1 import HTTP1Pool, HTTP1Response, Origin, describe_failure
 from ._settings import ClientSettings
 from ._stream import LocalStream, StreamGone
-from .errors import LocalAppError, LocalConnectError
+from .errors import LocalAppError, LocalConnectError, LocalPathError
 
-__all__ = ["LocalApp", "relay_http", "send_plain_error", "wire_str"]
+__all__ = ["LocalApp", "climbs_above_root", "relay_http", "send_plain_error", "wire_str"]
 
 logger = logging.getLogger("pipegate_client")
 
@@ -46,6 +54,32 @@ def wire_str(value: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return value
+
+
+#: Encoded forms that may decode to a dot or a separator in the local app, lower case.
+_DECODED = (("%2e", "."), ("%2f", "/"), ("%5c", "/"), ("\\", "/"))
+
+
+def climbs_above_root(path: str) -> bool:
+    """True when resolving the dot segments of ``path`` (RFC 3986 5.2.4, also in their
+    percent-encoded forms, see the module docstring) would go above its root.
+
+    ``/a/../b`` stays (False); ``/../a``, ``/%2E%2e/a``, ``/a/..%2f..%2fb`` climb (True).
+    """
+    if "." not in path and "%" not in path:
+        return False  # no dot segment can be spelled without either
+    lowered = path.lower()
+    for encoded, plain in _DECODED:
+        lowered = lowered.replace(encoded, plain)
+    depth = 0
+    for segment in lowered.split("/"):
+        if segment == "..":
+            if depth == 0:
+                return True
+            depth -= 1
+        elif segment and segment != ".":
+            depth += 1
+    return False
 
 
 class LocalApp:
@@ -100,10 +134,17 @@ class LocalApp:
 
     def http_target(self, path: str, query: str) -> str:
         """The request target ``<local path><path>?<query>``, the caller's bytes as they
-        are (not re-encoded)."""
+        are (not re-encoded). Raises :class:`LocalPathError` when ``path`` would climb
+        above the local path (see the module docstring)."""
+        if self.base_path and climbs_above_root(path):
+            raise LocalPathError(f"the path climbs above {self.base_path} of the local URL")
         return self.base_path + path + ("?" + query if query else "")
 
     def websocket_url(self, path: str, query: str) -> str:
+        """The local WebSocket URL for ``path`` and ``query``; raises
+        :class:`LocalPathError` as :meth:`http_target` does."""
+        if self.base_path and climbs_above_root(path):
+            raise LocalPathError(f"the path climbs above {self.base_path} of the local URL")
         return self.websocket_base + wire_str(path) + ("?" + wire_str(query) if query else "")
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -149,6 +190,9 @@ async def relay_http(channel: LocalStream, app: LocalApp, connection_id: str) ->
             await _relay_response(channel, response, app)
         finally:
             await response.aclose()
+    except LocalPathError as exc:
+        channel.outcome = "path refused"
+        await send_plain_error(channel, 400, exc.reason)
     except LocalAppError as exc:
         if channel.response_started:
             channel.outcome = f"local app failed mid-body: {exc.reason}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -16,6 +17,24 @@ __all__ = ["DEFAULT_LOCAL_URL", "ClientSettings"]
 DEFAULT_LOCAL_URL = "http://localhost:5001"
 
 
+#: A path-prefix segment of the server URL: RFC 3986 ``pchar`` without ``%`` escapes.
+_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+\Z")
+
+
+def _check_prefix(path: str) -> None:
+    """Refuse a server URL path whose route is not what it reads as: an empty segment,
+    a dot segment, or an escape before the id (a proxy or server that resolves or
+    decodes them would route the upgrade, and the token, to another path)."""
+    for segment in path.split("/")[1:-1]:
+        if not _PREFIX_SEGMENT.match(segment) or segment in (".", ".."):
+            raise ConfigurationError(
+                f"--server-url: the path {path!r} has the segment {segment!r} before the "
+                "connection id; the tunnel endpoint is ws(s)://host/<id> (a path prefix "
+                "only behind a reverse proxy that strips it, made of plain segments: no "
+                "empty, '.', '..' or %-escaped ones)"
+            )
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     """Everything a :class:`~pipegate_client.TunnelClient` needs.
@@ -25,8 +44,12 @@ class ClientSettings:
     ``repr()`` so that settings can be logged.
     """
 
-    #: ``ws://`` or ``wss://`` URL of the tunnel endpoint; its last path segment is
-    #: the connection id to claim.
+    #: ``ws://`` or ``wss://`` URL of the tunnel endpoint, ``ws(s)://host/<id>``: its
+    #: last path segment is the connection id to claim. Segments before it are a path
+    #: prefix, which only a reverse proxy that strips it can serve (a PipeGate server
+    #: takes ``/node/alice`` as a public WebSocket into tunnel ``node``); the client
+    #: stops when the server's answer shows the URL is no tunnel endpoint
+    #: (:class:`~pipegate_client.errors.NotATunnelEndpointError`).
     server_url: str
     #: The shared secret presented as ``Authorization: Bearer <token>``.
     client_token: str = field(repr=False)
@@ -69,6 +92,7 @@ class ClientSettings:
             connection_id_from_url(self.server_url)
         except ValueError as exc:
             raise ConfigurationError(f"--server-url: {exc}") from None
+        _check_prefix(urlsplit(self.server_url).path)
         if not self.client_token or any(ch.isspace() for ch in self.client_token):
             raise ConfigurationError(
                 "a client token is required and must not contain whitespace: pass "

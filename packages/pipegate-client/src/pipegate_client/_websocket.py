@@ -1,11 +1,12 @@
 """WebSocket passthrough: relay a ``websocket`` stream to the local app's WebSocket.
 
 The local handshake happens first; its outcome becomes the stream's response (101 with
-the subprotocol the local app chose, or the local app's refusal with its status, headers
-and body). Then messages flow both ways as fragments of at most the peer's frame size,
-each direction flow controlled, and a close on either side ends the stream with the
-same code and reason on the other; a code no close frame may carry is translated
-(WS-5: :func:`pipegate_protocol.close_code_for_relay` and ``close_code_for_hop``).
+the subprotocol the local app chose, or the local app's refusal with its status,
+headers and body; a redirect is such a refusal too: it is never followed). Then
+messages flow both ways as fragments of at most the peer's frame size, each direction
+flow controlled, and a close on either side ends the stream with the same code and
+reason on the other; a code no close frame may carry is translated (WS-5:
+:func:`pipegate_protocol.close_code_for_relay` and ``close_code_for_hop``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from pipegate_protocol import (
     close_code_for_relay,
     strip_hop_by_hop,
 )
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
+from ._internals import connect_no_redirect
 from ._local import LocalApp, send_plain_error, wire_str
 from ._stream import LocalStream
+from .errors import LocalPathError
 
 __all__ = ["relay_websocket"]
 
@@ -68,9 +71,17 @@ async def relay_websocket(channel: LocalStream, app: LocalApp, connection_id: st
     """Relay one ``websocket`` stream; see the module docstring."""
     message = channel.open
     try:
+        url = app.websocket_url(message.path, message.query)
+    except LocalPathError as exc:
+        channel.outcome = "websocket path refused"
+        await send_plain_error(channel, 400, exc.reason)
+        return
+    try:
         try:
-            local = await connect(
-                app.websocket_url(message.path, message.query),
+            # Never follow a redirect of the local app: its 3xx is the caller's answer
+            # (following it would send the caller's headers to any local address).
+            local = await connect_no_redirect(
+                url,
                 subprotocols=_subprotocols(message.headers) or None,
                 additional_headers=[
                     (name, wire_str(value))

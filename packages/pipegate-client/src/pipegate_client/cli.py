@@ -2,7 +2,9 @@
 
 Exit codes: 0 after SIGINT/SIGTERM (graceful stop), 1 unexpected error, 2 unusable
 settings (including argparse usage errors), 3 token refused by the server (401/403),
-4 handshake refused otherwise (no common protocol version).
+4 handshake refused otherwise (no common protocol version), 5 the server URL is no
+tunnel endpoint (the upgrade answered with 200, a redirect, 404...: see
+:class:`~pipegate_client.errors.NotATunnelEndpointError`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pipegate_tunnel import tune_gc as tune_gc
 from ._client import TunnelClient
 from ._logging import LineFormatter, TurnBufferedHandler
 from ._settings import DEFAULT_LOCAL_URL, ClientSettings
+from ._text import printable
 from .errors import ClientError, ConfigurationError
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "build_parser", "main", "settings_from_args"]
@@ -30,6 +33,21 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 
 logger = logging.getLogger("pipegate_client")
+
+
+class EscapingFormatter(LineFormatter):
+    """:class:`LineFormatter` that escapes control characters (:func:`printable`) in
+    any line that has them: whatever text from the server or a caller a log line
+    carries, it cannot act on the terminal or forge another line. A line without
+    them (every usual one) costs one :meth:`str.isprintable` more."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if line.isprintable():
+            return line
+        if record.exc_info or record.exc_text or record.stack_info:
+            return "\n".join(printable(part) for part in line.split("\n"))
+        return printable(line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--local-url http://localhost:5001 --client-token-file token.txt  "
             "(https://example.com/node/articles reaches http://localhost:5001/articles). "
             "Exit codes: 0 stopped by SIGINT/SIGTERM, 1 error, 2 bad settings, "
-            "3 token refused, 4 handshake refused."
+            "3 token refused, 4 handshake refused, 5 the server URL is no tunnel endpoint."
         ),
     )
     parser.add_argument(
         "--server-url",
         default=os.environ.get("PIPEGATE_SERVER_URL"),
-        help="ws:// or wss:// URL of the server; its last path segment is the connection "
-        "id to claim (env PIPEGATE_SERVER_URL)",
+        help="ws:// or wss:// URL of the server: ws(s)://host/<id>, the id to claim "
+        "(a path prefix before it only behind a reverse proxy that strips it) "
+        "(env PIPEGATE_SERVER_URL)",
     )
     parser.add_argument(
         "--local-url",
@@ -193,7 +212,7 @@ def _lean_log_records() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = TurnBufferedHandler(sys.stderr)
-    handler.setFormatter(LineFormatter())
+    handler.setFormatter(EscapingFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     if args.log_level != "debug":
         logging.getLogger("websockets").setLevel(logging.WARNING)
@@ -204,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_gc()
         _run(_serve(client))
     except ClientError as exc:
-        print(f"pipegate-client: {exc}", file=sys.stderr)
+        print(f"pipegate-client: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_OK

@@ -6,7 +6,9 @@ The whole tree::
     ├── ConfigurationError         the settings are unusable (bad URL, no token...)    exit 2
     ├── HandshakeRefusedError      the server refused the tunnel for good (.status)
     │   ├── TokenRefusedError      401/403: the token is missing or wrong               exit 3
-    │   └── VersionRefusedError    400 or no subprotocol: no common protocol version    exit 4
+    │   ├── VersionRefusedError    400 or no subprotocol: no common protocol version    exit 4
+    │   └── NotATunnelEndpointError  another answer (200, 3xx, 404...) or a hello for   exit 5
+    │                                another id: the URL is no tunnel endpoint
     └── LocalAppError              a call to the local app failed (.reason, one line)
         ├── LocalConnectError      no connection: refused, timed out, unknown name, TLS
         │   ├── LocalRefusedError          nothing listens there ("connection refused")
@@ -15,6 +17,7 @@ The whole tree::
         │   └── LocalTLSError              the TLS handshake failed
         │       └── LocalCertificateError  the local app's certificate failed verification
         ├── LocalRequestError      the request cannot be written as HTTP/1.1
+        │   └── LocalPathError     the caller's path climbs above the local URL's path  (400)
         └── LocalResponseError     the local app closed the connection or broke HTTP/1.1
             └── LocalConnectionLostError   the socket failed mid-exchange (reset, TLS)
 
@@ -38,6 +41,7 @@ __all__ = [
     "LocalConnectError",
     "LocalRequestError",
     "LocalResponseError",
+    "NotATunnelEndpointError",
     "TokenRefusedError",
     "VersionRefusedError",
 ]
@@ -79,6 +83,18 @@ class VersionRefusedError(HandshakeRefusedError):
     exit_code = 4
 
 
+class NotATunnelEndpointError(HandshakeRefusedError):
+    """The server URL does not lead to a PipeGate tunnel endpoint: the upgrade was
+    answered with a status that no retry can change and that is not a refusal of the
+    token or version (a 200, a redirect, a 404...), or the server's hello names another
+    connection id. Typically ``--server-url`` has a path below the id
+    (``wss://host/node/alice`` is a public WebSocket into tunnel ``node``). The
+    client stops instead of sending its token there again; redirects are never
+    followed."""
+
+    exit_code = 5
+
+
 class LocalAppError(ClientError):
     """A call to the local app failed; :attr:`reason` says why in a few lower-case
     words, for the 502 body and the log line (e.g. ``"connection refused"``)."""
@@ -112,6 +128,7 @@ __all__ += [
     "LocalConnectTimeoutError",
     "LocalConnectionLostError",
     "LocalNameError",
+    "LocalPathError",
     "LocalRefusedError",
     "LocalTLSError",
 ]
@@ -135,6 +152,12 @@ class LocalTLSError(LocalConnectError):
 
 class LocalCertificateError(LocalTLSError):
     """The local app's certificate failed verification (unknown CA, wrong name...)."""
+
+
+class LocalPathError(LocalRequestError):
+    """The caller's path would climb above the path of ``--local-url`` through dot
+    segments (``/../admin``, ``/%2e%2e/admin``, ``/a/..%2f..%2fadmin``): the caller
+    gets 400 and nothing reaches the local app."""
 
 
 class LocalConnectionLostError(LocalResponseError):
