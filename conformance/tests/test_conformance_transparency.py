@@ -26,6 +26,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pipegate_conformance.expected import PROXY_HEADERS_SENT
 from pipegate_conformance.harness import Tunnel
 from pipegate_conformance.origin import ResponseSpec, pattern_sha256
 from pipegate_conformance.plugin import conformance_settings
@@ -188,6 +189,21 @@ def test_caller_supplied_forwarded_prefix_is_replaced(tunnel: Tunnel) -> None:
     report = _echo(_send(tunnel, "GET", "/echo/xfp", [(b"X-Forwarded-Prefix", b"/evil")]))
     prefixes = [v for n, v in report["headers"] if n.lower() == "x-forwarded-prefix"]
     assert prefixes == [f"/{tunnel.connection_id}"]
+
+
+@pytest.mark.rule("HD-5")
+def test_untrusted_caller_proxy_headers_are_dropped(tunnel: Tunnel) -> None:
+    """HD-5: proxy headers from a caller that is not a trusted proxy (the loopback
+    caller of the suite, with the server's default trusting nobody) do not reach the
+    local app; the forwarding headers carry the server's own values."""
+    sent = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in PROXY_HEADERS_SENT]
+    report = _echo(_send(tunnel, "GET", "/echo/proxy", sent))
+    values = [(n.lower(), v) for n, v in report["headers"]]
+    for name, value in PROXY_HEADERS_SENT:
+        assert (name.lower(), value) not in values, f"HD-5: {name} reached the local app"
+    assert [v for n, v in values if n == "x-forwarded-for"] == ["127.0.0.1"], "HD-5: X-F-For"
+    for dropped in ("forwarded", "x-real-ip", "x-forwarded-port", "x-original-url"):
+        assert dropped not in [n for n, _ in values], f"HD-5: {dropped} reached the local app"
 
 
 @pytest.mark.rule("HD-8", "ST-5")

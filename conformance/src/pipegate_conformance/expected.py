@@ -15,6 +15,7 @@ __all__ = [
     "CLOSE_CODE_AT_HOP",
     "CLOSE_CODE_FOR_RESET",
     "HOP_BY_HOP_HEADERS",
+    "PROXY_HEADERS_SENT",
     "RESET_STATUS",
     "expected_after_hop_by_hop",
 ]
@@ -34,6 +35,23 @@ HOP_BY_HOP_HEADERS = frozenset(
         "transfer-encoding",
         "upgrade",
     }
+)
+
+#: HD-5: "A server MUST drop the proxy headers of a caller that is not a proxy it was
+#: configured to trust (the default trusts nobody): Forwarded, X-Real-IP, every
+#: X-Forwarded-* name ..., X-Original-URL, X-Rewrite-URL ...". What a hostile caller
+#: sends; none of it may reach the local app as sent (X-Forwarded-For/-Proto/-Host/
+#: -Prefix arrive with the server's own values only).
+PROXY_HEADERS_SENT = (
+    ("Forwarded", "for=198.51.100.7;proto=https;host=evil.example"),
+    ("X-Real-IP", "198.51.100.7"),
+    ("X-Forwarded-For", "198.51.100.7"),
+    ("X-Forwarded-Port", "443"),
+    ("X-Forwarded-Server", "evil.example"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Host", "evil.example"),
+    ("X-Original-URL", "/admin"),
+    ("X-Rewrite-URL", "/admin"),
 )
 
 #: HD-10: "A reset received before the head maps as: upstream_failed, internal_error,

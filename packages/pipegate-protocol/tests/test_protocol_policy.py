@@ -21,6 +21,7 @@ from pipegate_protocol import (
     failure_for_reset,
     forwarding_headers,
     hop_by_hop_names,
+    is_proxy_header,
     is_sendable_close_code,
     raw_hop_by_hop_names,
     status_for_failure,
@@ -126,6 +127,34 @@ def test_HD_5_forwarding_headers() -> None:
         ("x-forwarded-proto", "http"),
         ("x-forwarded-prefix", "/a"),
     ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Forwarded",
+        "X-Real-IP",
+        "X-Forwarded-Port",
+        "X-Original-URL",
+        "x-forwarded-server",
+        "X-FORWARDED-FOR",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-prefix",
+        "True-Client-IP",
+    ],
+)
+def test_HD_5_proxy_headers_from_untrusted_callers_are_dropped(name: str) -> None:
+    assert is_proxy_header(name)
+
+
+@pytest.mark.parametrize("name", ["host", "x-forwarded", "authorization", "x-request-id", "via"])
+def test_HD_5_other_headers_are_not_proxy_headers(name: str) -> None:
+    assert not is_proxy_header(name)
+
+
+def test_HD_5_every_forwarding_header_is_a_proxy_header() -> None:
+    assert all(is_proxy_header(name) for name in FORWARDING_HEADERS)
 
 
 #: HD-10's table, written out.

@@ -31,11 +31,15 @@ async def test_get_relays_method_path_query_and_forwarded_headers(server: Any, p
 
 
 async def test_a_trusted_proxy_s_forwarded_headers_are_kept_and_its_address_appended(
-    server: Any, pg: Any
+    pg: Any,
 ) -> None:
-    # The test's requests come from 127.0.0.1, which is trusted by default: as if
-    # through a TLS-terminating reverse proxy on the server's host.
-    async with pg.fake_client(server, "node", pg.echo_handler), httpx.AsyncClient() as http:
+    # The test's requests come from 127.0.0.1, trusted here explicitly (the default
+    # trusts nobody): as if through a TLS-terminating reverse proxy on the server's host.
+    async with (
+        pg.start_server(forwarded_allow_ips="127.0.0.1") as server,
+        pg.fake_client(server, "node", pg.echo_handler),
+        httpx.AsyncClient() as http,
+    ):
         response = await http.get(
             f"{server.base}/node/p",
             headers=[

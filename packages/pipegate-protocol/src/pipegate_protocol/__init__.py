@@ -41,6 +41,8 @@ from ._models import (
 )
 from ._policy import (
     FORWARDING_HEADERS,
+    PROXY_HEADER_PREFIX,
+    PROXY_HEADERS,
     RelayFailure,
     close_code_for_hop,
     close_code_for_relay,
@@ -48,6 +50,7 @@ from ._policy import (
     failure_for_reset,
     forwarding_headers,
     hop_by_hop_names,
+    is_proxy_header,
     is_sendable_close_code,
     raw_hop_by_hop_names,
     status_for_failure,
@@ -79,6 +82,8 @@ __all__ = [
     "KNOWN_VERSIONS",
     "MAX_STREAM_ID",
     "MAX_WINDOW",
+    "PROXY_HEADERS",
+    "PROXY_HEADER_PREFIX",
     "RESERVED_PREFIX",
     "CloseCode",
     "Connection",
@@ -124,6 +129,7 @@ __all__ = [
     "failure_for_reset",
     "forwarding_headers",
     "hop_by_hop_names",
+    "is_proxy_header",
     "is_sendable_close_code",
     "is_valid_connection_id",
     "negotiate_version",

@@ -8,7 +8,9 @@ never import them, so that a bug here shows up there.
 
 * HD-4 — hop-by-hop headers: :data:`HOP_BY_HOP_HEADERS`, :func:`hop_by_hop_names`,
   :func:`raw_hop_by_hop_names`, :func:`strip_hop_by_hop`.
-* HD-5 — forwarding headers: :data:`FORWARDING_HEADERS`, :func:`forwarding_headers`.
+* HD-5 — forwarding headers: :data:`FORWARDING_HEADERS`, :func:`forwarding_headers`;
+  proxy headers dropped from untrusted callers: :data:`PROXY_HEADERS`,
+  :func:`is_proxy_header`.
 * HD-10 — the status a caller gets for each failure: :class:`RelayFailure`,
   :func:`status_for_failure`, :func:`failure_for_reset`, :func:`status_for_reset`.
 * WS-4, WS-5 — close codes: :func:`is_sendable_close_code`,
@@ -26,6 +28,8 @@ from ._models import ResetCode
 __all__ = [
     "FORWARDING_HEADERS",
     "HOP_BY_HOP_HEADERS",
+    "PROXY_HEADERS",
+    "PROXY_HEADER_PREFIX",
     "RelayFailure",
     "close_code_for_hop",
     "close_code_for_relay",
@@ -33,6 +37,7 @@ __all__ = [
     "failure_for_reset",
     "forwarding_headers",
     "hop_by_hop_names",
+    "is_proxy_header",
     "is_sendable_close_code",
     "raw_hop_by_hop_names",
     "status_for_failure",
@@ -103,6 +108,42 @@ def strip_hop_by_hop(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]
 FORWARDING_HEADERS = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"}
 )
+
+
+#: Headers through which a proxy tells the next hop about the original request (HD-5).
+#: A server drops every one of them, and every ``x-forwarded-*`` name, from a caller
+#: that is not a proxy it trusts: the local app would otherwise believe a caller's
+#: claim about its own address, scheme, host or URL.
+PROXY_HEADERS = frozenset(
+    {
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
+        "x-original-host",
+        "x-original-forwarded-for",
+        "x-host",
+        "x-url-scheme",
+        "front-end-https",
+        "x-proxyuser-ip",
+    }
+)
+#: Every name that starts with this is a proxy header too (X-Forwarded-Port, -Server...).
+PROXY_HEADER_PREFIX = "x-forwarded-"
+
+
+def is_proxy_header(name: str) -> bool:
+    """Whether HD-5 drops header ``name`` (any case) from a caller that is not a
+    trusted proxy: the :data:`FORWARDING_HEADERS`, the :data:`PROXY_HEADERS` and
+    every ``x-forwarded-*`` name."""
+    lowered = name.lower()
+    return lowered in PROXY_HEADERS or lowered.startswith(PROXY_HEADER_PREFIX)
 
 
 def forwarding_headers(

@@ -43,7 +43,7 @@ from ._relay import Relay, deny_websocket, send_plain
 from ._routing import PathRouter, RouteKind, Router
 from ._settings import ServerSettings
 from ._tunnel import Tunnel
-from .errors import ConfigurationError, ServerError
+from .errors import ConfigurationError, ServerError, TooManyFailuresError
 
 if TYPE_CHECKING:
     from ._factory import ServerApp
@@ -102,7 +102,11 @@ class Gateway:
         self.observer = observer
         self.router: Router = router if router is not None else PathRouter(settings.public_url)
         if directory is None:
-            directory = TunnelRegistry(FailureTracker(settings.bad_token_budget))
+            directory = TunnelRegistry(
+                FailureTracker(
+                    settings.bad_token_budget, max_concurrent=settings.max_failing_handshakes
+                )
+            )
         self.directory: TunnelDirectory = directory
         self.registry: TunnelDirectory = directory
         self.relay = Relay(settings, directory)
@@ -178,8 +182,16 @@ class Gateway:
         client = scope.get("client")
         address = str(client[0]) if client else "-"
 
-        async def refuse(status: int, reason: str, delay: float = 0.0) -> None:
-            headers = [(b"www-authenticate", b'Bearer realm="pipegate"')] if status == 401 else []
+        async def refuse(
+            status: int,
+            reason: str,
+            delay: float = 0.0,
+            headers: list[tuple[bytes, bytes]] | None = None,
+        ) -> None:
+            if headers is None:
+                headers = (
+                    [(b"www-authenticate", b'Bearer realm="pipegate"')] if status == 401 else []
+                )
             logger.info(
                 "tunnel refused: id=%r addr=%s status=%d reason=%s",
                 connection_id,
@@ -196,16 +208,20 @@ class Gateway:
             return
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]
         token = extract_client_token(headers)
-        if token is None:
-            await refuse(
-                401,
-                "missing client token: send 'Authorization: Bearer <token>'",
-                self.directory.record_failure(address),
-            )
-            return
-        credential = self.authenticator.authenticate(token)
+        credential = None if token is None else self.authenticator.authenticate(token)
         if credential is None:
-            await refuse(403, "invalid client token", self.directory.record_failure(address))
+            try:
+                delay = self.directory.record_failure(address)
+            except TooManyFailuresError as exc:
+                retry = [(b"retry-after", str(exc.retry_after).encode("ascii"))]
+                await refuse(429, str(exc), headers=retry)
+                return
+            if token is None:
+                await refuse(
+                    401, "missing client token: send 'Authorization: Bearer <token>'", delay
+                )
+            else:
+                await refuse(403, "invalid client token", delay)
             return
         if not credential.allows(connection_id):
             await refuse(403, f"this token may not claim connection id {connection_id!r}")
@@ -346,4 +362,4 @@ def create_app(
             "protocol_versions": [v.value for v in KNOWN_VERSIONS],
         }
 
-    return ServerApp(app)
+    return ServerApp(app, settings.forwarded_allow_ips)

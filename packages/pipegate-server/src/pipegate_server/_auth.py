@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 import tomllib
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from .errors import TokensFileError
+from .errors import TokensFileError, TooManyFailuresError
 
 __all__ = ["Authenticator", "Credential", "FailureTracker", "load_tokens_file"]
 
@@ -129,19 +130,40 @@ class FailureTracker:
     Up to ``budget`` failures per ``window`` seconds cost nothing; each further one
     delays the refusal by a growing amount (capped at ``max_delay``). Only refusals
     are delayed: a good token from the same address is never slowed down.
+
+    The address is the socket peer, or the caller a trusted proxy reported (the
+    scope's ``client`` after the proxy-header middleware). Because the delay is a wait,
+    at most ``max_concurrent`` (0: no cap; the server uses
+    ``ServerSettings.max_failing_handshakes``) delayed refusals per address wait at once (each waits
+    the delay this tracker handed out, so it knows when each ends); beyond that
+    :meth:`record_failure` raises :class:`TooManyFailuresError` and the handshake is
+    refused at once with 429, so parallel tries gain nothing and cost nothing.
     """
 
     def __init__(
-        self, budget: int, *, window: float = 60.0, max_delay: float = 5.0, max_entries: int = 10000
+        self,
+        budget: int,
+        *,
+        window: float = 60.0,
+        max_delay: float = 5.0,
+        max_entries: int = 10000,
+        max_concurrent: int = 0,
     ) -> None:
         self.budget = budget
         self.window = window
         self.max_delay = max_delay
         self.max_entries = max_entries
+        self.max_concurrent = max_concurrent
         self._failures: dict[str, tuple[float, int]] = {}
+        #: When each delayed refusal handed out per address ends.
+        self._waiting: dict[str, list[float]] = {}
 
     def record_failure(self, address: str) -> float:
-        """Record one failure; returns the delay in seconds to apply to the refusal."""
+        """Record one failure; returns the delay in seconds to apply to the refusal.
+
+        Raises :class:`TooManyFailuresError` when ``max_concurrent`` delayed refusals
+        of this address are still waiting.
+        """
         now = time.monotonic()
         start, count = self._failures.get(address, (now, 0))
         if now - start > self.window:
@@ -153,11 +175,23 @@ class FailureTracker:
         excess = count - self.budget
         if excess <= 0:
             return 0.0
-        return min(self.max_delay, 0.25 * excess)
+        delay = min(self.max_delay, 0.25 * excess)
+        waiting = [end for end in self._waiting.get(address, ()) if end > now]
+        if self.max_concurrent and len(waiting) >= self.max_concurrent:
+            self._waiting[address] = waiting
+            raise TooManyFailuresError(
+                "too many failing handshakes from this address at once",
+                retry_after=max(1, math.ceil(min(waiting) - now)),
+            )
+        waiting.append(now + delay)
+        self._waiting[address] = waiting
+        return delay
 
     def _prune(self, now: float) -> None:
         stale = [a for a, (start, _) in self._failures.items() if now - start > self.window]
         for address in stale:
             del self._failures[address]
+            self._waiting.pop(address, None)
         if len(self._failures) >= self.max_entries:
             self._failures.clear()
+            self._waiting.clear()

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from ._internals import PeerKeepingProxyHeaders, http_protocol_class, ws_protocol_class
+from ._asgi import Receive, Scope, Send
+from ._internals import (
+    PeerKeepingProxyHeaders,
+    head_limit,
+    http_protocol_class,
+    ws_protocol_class,
+)
+from ._relay import TRUSTED_PROXY
 from ._settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -32,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["PipeGateServer", "ServerApp", "create_server", "uvicorn_config"]
 
 #: Environment variable naming the proxies whose X-Forwarded-* headers are trusted,
-#: as uvicorn reads it; 127.0.0.1 when unset.
+#: as uvicorn reads it; nobody when unset (an explicit opt-in, like the flag).
 FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"
 
 #: uvicorn's WebSocket protocol modules, whose INFO lines are per-connection access lines.
@@ -41,17 +48,35 @@ _UVICORN_WEBSOCKET_MODULES = frozenset(
 )
 
 
+def trusted_proxies(forwarded_allow_ips: str | None) -> list[str]:
+    """The proxies whose headers are trusted: ``forwarded_allow_ips`` (from
+    ``--forwarded-allow-ips``), else ``$FORWARDED_ALLOW_IPS``, else nobody."""
+    value = forwarded_allow_ips
+    if value is None:
+        value = os.environ.get(FORWARDED_ALLOW_IPS, "")
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 class ServerApp(PeerKeepingProxyHeaders):
     """The server's whole ASGI stack: proxy headers, then the :class:`PipeGateApp`.
 
     Proxy headers are trusted from ``forwarded_allow_ips`` (default
-    ``$FORWARDED_ALLOW_IPS``, else 127.0.0.1), as uvicorn does it.
+    ``$FORWARDED_ALLOW_IPS``; without either, nobody is trusted). A request from a
+    trusted proxy is marked (``scope[TRUSTED_PROXY]``) so that the relay keeps its
+    proxy headers; from anyone else they are dropped (HD-5).
     """
 
     def __init__(self, app: PipeGateApp, forwarded_allow_ips: str | None = None) -> None:
-        trusted = forwarded_allow_ips or os.environ.get(FORWARDED_ALLOW_IPS, "127.0.0.1")
+        trusted = trusted_proxies(forwarded_allow_ips)
         super().__init__(app, trusted_hosts=trusted)  # type: ignore[arg-type]
         self.pipegate_app = app
+        self._trusts_anyone = bool(trusted)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        if self._trusts_anyone and scope["type"] != "lifespan":
+            client = scope.get("client")
+            scope[TRUSTED_PROXY] = client is not None and client[0] in self.trusted_hosts
+        await super().__call__(scope, receive, send)
 
     @property
     def state(self) -> Any:
@@ -86,6 +111,7 @@ def uvicorn_config(
     costs CPU on every message); uvicorn's own WebSocket pings are off because the
     protocol's heartbeat covers tunnels; ``ws_max_size`` fits the largest frame. The
     Server and Date headers are off so relayed responses carry only the local app's.
+    h11 buffers at most ``_internals.head_limit(max_header_size)`` bytes of a head.
     ``settings.fast_path=False`` selects uvicorn's own protocols (public API only).
     """
     _install_websocket_log_filter(access_log)
@@ -108,7 +134,15 @@ def uvicorn_config(
         server_header=False,
         date_header=False,
         lifespan="on",
-        http=http_protocol_class(http, settings.head_timeout, fast_path=settings.fast_path),
+        http=http_protocol_class(
+            http,
+            settings.head_timeout,
+            fast_path=settings.fast_path,
+            max_header_size=settings.max_header_size,
+        ),
+        # h11 (the hand-over path, and uvicorn's own h11 without the fast path) stops
+        # buffering a head at the same bound; uvicorn answers that with 400.
+        h11_max_incomplete_event_size=head_limit(settings.max_header_size),
         **{"ws": ws_protocol_class(fast_path=settings.fast_path), **overrides},
     )
 

@@ -84,7 +84,13 @@ class TunnelDirectory(Protocol):
 
     def record_failure(self, address: str) -> float:
         """Count one bad or missing token from ``address``; returns how many seconds
-        to delay its refusal (0 while within the budget)."""
+        to delay its refusal (0 while within the budget).
+
+        ``address`` is the socket peer (or the caller a trusted proxy reported).
+        Raises :class:`~pipegate_server.errors.TooManyFailuresError` when the address
+        already has as many delayed refusals waiting as allowed: the handshake is then
+        refused at once with 429 (a delay is a wait, so parallel tries would be free).
+        """
         ...
 
 

@@ -17,9 +17,13 @@ import asyncio
 import email.utils
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pipegate_protocol import (
+    CLIENT_TOKEN_HEADER,
     FORWARDING_HEADERS,
+    PROXY_HEADER_PREFIX,
+    PROXY_HEADERS,
     Data,
     ResetCode,
     Response,
@@ -40,9 +44,13 @@ from ._routing import Route
 from ._settings import ServerSettings
 from ._tunnel import RelayChannel, Tunnel
 from .errors import (
+    BadRequestError,
     BodyTooLargeError,
     CallerGoneError,
+    CallerLimitError,
+    CallerStalledError,
     HeadersTooLargeError,
+    MisdirectedHandshakeError,
     RelayError,
     ResponseTimeoutError,
     StreamResetError,
@@ -51,13 +59,22 @@ from .errors import (
     TunnelNotFoundError,
 )
 
-__all__ = ["Relay", "send_plain"]
+__all__ = ["TRUSTED_PROXY", "Relay", "send_plain"]
 
 logger = logging.getLogger("pipegate.server")
 
 #: Forwarding headers a caller sent that the server replaces (HD-5); X-Forwarded-For
 #: is appended to instead.
 _FORWARDED = frozenset(name.encode("latin-1") for name in FORWARDING_HEADERS) - {b"x-forwarded-for"}
+#: Proxy headers (HD-5) dropped from a caller that is not a trusted proxy, beside every
+#: ``x-forwarded-*`` name.
+_PROXY = frozenset(name.encode("latin-1") for name in PROXY_HEADERS)
+_PROXY_PREFIX = PROXY_HEADER_PREFIX.encode("latin-1")
+#: The scope key the server's stack (``_factory.ServerApp``) sets to True for a
+#: request whose peer is a trusted proxy; absent or False for everyone else.
+TRUSTED_PROXY = "pipegate.trusted_proxy"
+#: The tunnel token headers a public WebSocket upgrade must not carry (row 6).
+_TOKEN_HEADER = CLIENT_TOKEN_HEADER.encode("latin-1")
 #: Per-connection WebSocket handshake headers the client's own handshake replaces.
 _WS_HANDSHAKE = frozenset(
     {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"}
@@ -127,9 +144,27 @@ async def deny_websocket(
 
 
 def _error_headers(error: RelayError) -> list[tuple[bytes, bytes]]:
-    if isinstance(error, TunnelBusyError):
+    if isinstance(error, TunnelBusyError | CallerLimitError):
         return [(b"retry-after", str(error.retry_after).encode("ascii"))]
     return []
+
+
+def _transfer_codings(value: bytes) -> list[bytes]:
+    return [coding.strip().lower() for coding in value.split(b",")]
+
+
+def _misdirected_handshake(scope: Scope) -> str | None:
+    """Why a public WebSocket upgrade looks like a tunnel client's handshake, if it does:
+    it offers a ``pipegate.*`` subprotocol or carries a tunnel token header."""
+    for offered in scope.get("subprotocols") or ():
+        if str(offered).strip().lower().startswith("pipegate."):
+            return "a PipeGate subprotocol"
+    for name, value in scope["headers"]:
+        if name == _TOKEN_HEADER:
+            return "a PipeGate token header"
+        if name == b"authorization" and value.strip()[:7].lower() == b"bearer ":
+            return "an Authorization: Bearer token"
+    return None
 
 
 class Relay:
@@ -139,6 +174,14 @@ class Relay:
         self.settings = settings
         self.registry = registry
         self.draining = False
+        #: Streams open per tunnel id and caller address (--max-streams-per-caller).
+        self._callers: dict[str, dict[str, int]] = {}
+        #: Each response-streaming task: since when its current write to the caller
+        #: has been waiting (0.0: not writing). Swept by one watchdog task.
+        self._writing: dict[asyncio.Task[Any], float] = {}
+        #: Tasks the watchdog cancelled because their caller read nothing in time.
+        self._stalled: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ shared
 
@@ -150,6 +193,67 @@ class Relay:
             raise TunnelNotFoundError(f"no tunnel is connected for id {connection_id!r}")
         return tunnel
 
+    def _hold_caller(self, connection_id: str, scope: Scope) -> str | None:
+        """Count one more stream of this caller on this tunnel; returns the key to
+        release, or raises :class:`CallerLimitError` at --max-streams-per-caller.
+
+        The caller is the socket peer, or the caller a trusted proxy reported.
+        """
+        cap = self.settings.max_streams_per_caller
+        client = scope.get("client")
+        if not cap or not client:
+            return None
+        address = str(client[0])
+        counts = self._callers.get(connection_id)
+        if counts is None:
+            counts = self._callers[connection_id] = {}
+        held = counts.get(address, 0)
+        if held >= cap:
+            raise CallerLimitError(
+                f"too many concurrent requests from this address to id {connection_id!r} "
+                f"(limit {cap})"
+            )
+        counts[address] = held + 1
+        return address
+
+    def _release_caller(self, connection_id: str, address: str | None) -> None:
+        if address is None:
+            return
+        counts = self._callers.get(connection_id)
+        if counts is None:
+            return
+        held = counts.get(address, 0) - 1
+        if held > 0:
+            counts[address] = held
+            return
+        counts.pop(address, None)
+        if not counts:
+            del self._callers[connection_id]
+
+    def _watch_writes(self, task: asyncio.Task[Any]) -> None:
+        """Put a response-streaming task under the send deadline."""
+        self._writing[task] = 0.0
+        if self._watchdog is None:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.create_task(self._sweep_writes())
+
+    async def _sweep_writes(self) -> None:
+        """Cancel every stream whose write to its caller has waited longer than
+        --stream-idle-timeout (the caller is not reading); exits when none is left."""
+        timeout = self.settings.stream_idle_timeout
+        period = min(max(timeout / 4, 0.05), 5.0)
+        loop = asyncio.get_running_loop()
+        try:
+            while self._writing:
+                await asyncio.sleep(period)
+                limit = loop.time() - timeout
+                for task, since in list(self._writing.items()):
+                    if since and since < limit and task not in self._stalled:
+                        self._stalled.add(task)
+                        task.cancel()
+        finally:
+            self._watchdog = None
+
     def _request_headers(
         self, scope: Scope, public_prefix: str, *, websocket: bool
     ) -> tuple[list[tuple[str, str]], int | None, bool]:
@@ -157,9 +261,14 @@ class Relay:
 
         Drops hop-by-hop headers (and those ``Connection`` names), replaces any
         X-Forwarded-Proto/Host/Prefix the caller sent, and appends the caller's address
-        to X-Forwarded-For. Order and duplicates of everything else are kept.
+        to X-Forwarded-For (HD-5). From a caller that is not a trusted proxy every
+        proxy header is dropped, X-Forwarded-For included. Order and duplicates of
+        everything else are kept. Conflicting or unknown framing (Content-Length with
+        Transfer-Encoding, two different lengths, a transfer coding other than
+        ``chunked``) raises :class:`BadRequestError` before any stream opens.
         """
         raw: list[tuple[bytes, bytes]] = scope["headers"]
+        trusted = scope.get(TRUSTED_PROXY, False)
         limit = self.settings.max_header_size
         if limit and sum(len(name) + len(value) + 4 for name, value in raw) > limit:
             raise HeadersTooLargeError(f"the request headers exceed {limit} bytes")
@@ -172,21 +281,33 @@ class Relay:
         for name, value in raw:
             if name in drop:
                 if name == b"transfer-encoding":
+                    if chunked or _transfer_codings(value) != [b"chunked"]:
+                        raise BadRequestError("unsupported Transfer-Encoding: only chunked")
                     chunked = True
                 continue
             if name == b"content-length":
                 try:
-                    content_length = int(value)
+                    length = int(value)
                 except ValueError:
-                    raise RelayError("invalid Content-Length", status=400) from None
+                    raise BadRequestError("invalid Content-Length") from None
+                if length < 0 or (content_length is not None and length != content_length):
+                    raise BadRequestError("invalid Content-Length")
+                content_length = length
             elif name == b"host":
                 host = value.decode("latin-1")
             elif name == b"x-forwarded-for":
-                forwarded_for.append(value.decode("latin-1"))
+                if trusted:
+                    forwarded_for.append(value.decode("latin-1"))
                 continue
-            elif name in _FORWARDED or (websocket and name in _WS_HANDSHAKE):
+            elif (
+                name in _FORWARDED
+                or (websocket and name in _WS_HANDSHAKE)
+                or (not trusted and (name in _PROXY or name.startswith(_PROXY_PREFIX)))
+            ):
                 continue
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if chunked and content_length is not None:
+            raise BadRequestError("both Content-Length and Transfer-Encoding: chunked")
         # The address this request came from: a trusted proxy's, not the caller's
         # it reported (see _internals.PeerKeepingProxyHeaders).
         peer = scope.get(PEER, scope.get("client"))
@@ -257,16 +378,21 @@ class Relay:
                 raise BodyTooLargeError(f"the request body exceeds the limit of {limit} bytes")
             has_body = chunked or bool(content_length)
             client = scope.get("client")
-            channel = await tunnel.open_stream(
-                method=scope["method"],
-                path=path,
-                query=scope.get("query_string", b"").decode("latin-1"),
-                headers=headers,
-                scheme=_http_scheme(scope),
-                client_host=str(client[0]) if client else None,
-                client_port=int(client[1]) if client else None,
-                end_stream=not has_body,
-            )
+            caller = self._hold_caller(connection_id, scope)
+            try:
+                channel = await tunnel.open_stream(
+                    method=scope["method"],
+                    path=path,
+                    query=scope.get("query_string", b"").decode("latin-1"),
+                    headers=headers,
+                    scheme=_http_scheme(scope),
+                    client_host=str(client[0]) if client else None,
+                    client_port=int(client[1]) if client else None,
+                    end_stream=not has_body,
+                )
+            except BaseException:
+                self._release_caller(connection_id, caller)
+                raise
         except RelayError as exc:
             self._record_outcome(scope, connection_id, exc)
             await send_plain(
@@ -274,7 +400,7 @@ class Relay:
                 exc.status,
                 str(exc),
                 headers=[*_error_headers(exc), (b"connection", b"close")]
-                if isinstance(exc, BodyTooLargeError)
+                if isinstance(exc, BodyTooLargeError | BadRequestError)
                 else _error_headers(exc),
             )
             return
@@ -298,6 +424,7 @@ class Relay:
             if pump:
                 pump[0].cancel()
             tunnel.finish(channel)
+            self._release_caller(connection_id, caller)
 
     async def _respond(
         self,
@@ -348,23 +475,46 @@ class Relay:
         channel: RelayChannel,
         start_pump: Callable[[], None],
     ) -> None:
-        while True:
-            if not channel.pending:
-                start_pump()
-            try:
-                item = await channel.next()
-            except RelayError as exc:
-                self._record_outcome(scope, tunnel.connection_id, exc, aborted=True)
-                return  # uvicorn closes the connection: the caller sees a truncated body
-            if isinstance(item, Data):
-                if item.end_stream:
-                    channel.response_done = True
-                    await send(
-                        {"type": "http.response.body", "body": item.data, "more_body": False}
-                    )
-                    return
-                await send({"type": "http.response.body", "body": item.data, "more_body": True})
-                tunnel.acknowledge(channel, len(item.data))
+        """Relay the response body; each write to the caller is under the send
+        deadline (--stream-idle-timeout), swept by :meth:`_sweep_writes`."""
+        task = asyncio.current_task()
+        assert task is not None
+        writing = self._writing
+        loop = asyncio.get_running_loop()
+        self._watch_writes(task)
+        try:
+            while True:
+                if not channel.pending:
+                    start_pump()
+                try:
+                    item = await channel.next()
+                except RelayError as exc:
+                    self._record_outcome(scope, tunnel.connection_id, exc, aborted=True)
+                    return  # uvicorn closes the connection: the caller sees a truncated body
+                if isinstance(item, Data):
+                    writing[task] = loop.time()
+                    if item.end_stream:
+                        channel.response_done = True
+                        await send(
+                            {"type": "http.response.body", "body": item.data, "more_body": False}
+                        )
+                        return
+                    await send({"type": "http.response.body", "body": item.data, "more_body": True})
+                    writing[task] = 0.0
+                    tunnel.acknowledge(channel, len(item.data))
+        except asyncio.CancelledError:
+            if task not in self._stalled:
+                raise
+            task.uncancel()
+            timeout = self.settings.stream_idle_timeout
+            text = f"the caller read nothing for {timeout:g} s"
+            tunnel.reset(channel, ResetCode.CANCELLED, text)
+            self._record_outcome(
+                scope, tunnel.connection_id, CallerStalledError(text), aborted=True
+            )
+        finally:
+            writing.pop(task, None)
+            self._stalled.discard(task)
 
     async def _pump_request(self, tunnel: Tunnel, channel: RelayChannel, receive: Receive) -> None:
         """Forward the request body, then watch for the caller disconnecting."""
@@ -435,20 +585,31 @@ class Relay:
             return
         connection_id, path = route.connection_id, route.local_path
         try:
+            what = _misdirected_handshake(scope)
+            if what is not None:
+                raise MisdirectedHandshakeError(
+                    f"not relayed: the upgrade carries {what}; a tunnel client connects "
+                    f"to /<id>, not /{connection_id}/..."
+                )
             tunnel = self._tunnel_for(connection_id)
             headers, _, _ = self._request_headers(scope, route.public_prefix, websocket=True)
             client = scope.get("client")
-            channel = await tunnel.open_stream(
-                method="GET",
-                path=path,
-                query=scope.get("query_string", b"").decode("latin-1"),
-                headers=headers,
-                kind=StreamKind.WEBSOCKET,
-                scheme=_http_scheme(scope),
-                client_host=str(client[0]) if client else None,
-                client_port=int(client[1]) if client else None,
-                end_stream=True,
-            )
+            caller = self._hold_caller(connection_id, scope)
+            try:
+                channel = await tunnel.open_stream(
+                    method="GET",
+                    path=path,
+                    query=scope.get("query_string", b"").decode("latin-1"),
+                    headers=headers,
+                    kind=StreamKind.WEBSOCKET,
+                    scheme=_http_scheme(scope),
+                    client_host=str(client[0]) if client else None,
+                    client_port=int(client[1]) if client else None,
+                    end_stream=True,
+                )
+            except BaseException:
+                self._release_caller(connection_id, caller)
+                raise
         except RelayError as exc:
             self._record_outcome(scope, connection_id, exc)
             await deny_websocket(scope, send, exc.status, str(exc), _error_headers(exc))
@@ -457,6 +618,7 @@ class Relay:
             await self._websocket_session(scope, receive, send, tunnel, channel)
         finally:
             tunnel.finish(channel)
+            self._release_caller(connection_id, caller)
 
     async def _websocket_session(
         self,

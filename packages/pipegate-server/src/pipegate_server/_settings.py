@@ -67,6 +67,19 @@ class ServerSettings:
     shutdown_grace: float = 20.0
     #: Failed token attempts per address per minute before refusals are slowed down.
     bad_token_budget: int = 10
+    #: Seconds a caller may read nothing of a streamed response before its stream is
+    #: reset and its slot freed (a write to it that does not complete in time).
+    stream_idle_timeout: float = 60.0
+    #: Streams one caller address may have open at once on one tunnel (429 beyond);
+    #: 0 means no limit.
+    max_streams_per_caller: int = 32
+    #: Proxies whose X-Forwarded-* and other proxy headers are trusted (comma-separated
+    #: addresses or networks, ``*`` for all); ``None`` reads ``$FORWARDED_ALLOW_IPS``,
+    #: and without it nobody is trusted.
+    forwarded_allow_ips: str | None = None
+    #: Failing tunnel handshakes (bad or missing token) one address may have waiting
+    #: at once; beyond that they are refused at once with 429.
+    max_failing_handshakes: int = 4
     #: Run on the fast path (``_internals``: uvicorn protocol subclasses, frames read
     #: past websockets' parser, the direct tunnel line); False runs uvicorn's own
     #: protocols through public APIs only (``--no-fast-path``).
@@ -89,6 +102,8 @@ class ServerSettings:
             "head_timeout": self.head_timeout,
             "initial_window": self.initial_window,
             "max_websocket_message_size": self.max_websocket_message_size,
+            "stream_idle_timeout": self.stream_idle_timeout,
+            "max_failing_handshakes": self.max_failing_handshakes,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -100,6 +115,7 @@ class ServerSettings:
             "max_tunnels_per_token": self.max_tunnels_per_token,
             "shutdown_grace": self.shutdown_grace,
             "bad_token_budget": self.bad_token_budget,
+            "max_streams_per_caller": self.max_streams_per_caller,
         }
         for name, value in non_negative.items():
             if value < 0:

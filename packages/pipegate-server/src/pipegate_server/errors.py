@@ -5,11 +5,18 @@ The whole tree::
     ServerError                   anything this package raises on purpose
     ├── ConfigurationError        the settings cannot work (no token, bad limits)
     │   └── TokensFileError       the tokens file is missing, not TOML, or malformed
+    ├── TooManyFailuresError      an address has too many failing tunnel handshakes
+    │                             waiting out their delay; refused at once   (429)
     └── RelayError                a public request could not be relayed; carries ``status``
         ├── TunnelNotFoundError   no tunnel is connected for the id              (404)
         ├── BodyTooLargeError     the request body exceeds --max-body-size       (413)
         ├── HeadersTooLargeError  the request head exceeds --max-header-size     (431)
+        ├── BadRequestError       conflicting or unknown framing, bad length     (400)
+        ├── MisdirectedHandshakeError  a tunnel handshake sent to /<id>/...      (400)
         ├── TunnelBusyError       the tunnel is at its stream limit, queue full  (503)
+        ├── CallerLimitError      the caller has --max-streams-per-caller open   (429)
+        ├── CallerStalledError    the caller read nothing for --stream-idle-timeout
+        │                         (the stream is reset; the connection is cut)
         ├── TunnelClosedError     the tunnel dropped while the request was open  (502)
         ├── StreamResetError      the client reset the stream (local app failed) (502)
         ├── ResponseTimeoutError  no response head within --response-timeout     (504)
@@ -31,15 +38,20 @@ from __future__ import annotations
 from pipegate_protocol import RelayFailure, ResetCode, failure_for_reset, status_for_failure
 
 __all__ = [
+    "BadRequestError",
     "BodyTooLargeError",
     "CallerGoneError",
+    "CallerLimitError",
+    "CallerStalledError",
     "ConfigurationError",
     "HeadersTooLargeError",
+    "MisdirectedHandshakeError",
     "RelayError",
     "ResponseTimeoutError",
     "ServerError",
     "StreamResetError",
     "TokensFileError",
+    "TooManyFailuresError",
     "TunnelBusyError",
     "TunnelClosedError",
     "TunnelNotFoundError",
@@ -57,6 +69,17 @@ class ConfigurationError(ServerError):
 
 class TokensFileError(ConfigurationError):
     """The tokens file cannot be read or does not have the documented shape."""
+
+
+class TooManyFailuresError(ServerError):
+    """An address already has as many failing tunnel handshakes waiting out their
+    delay as allowed; this one is refused at once (429, ``Retry-After``)."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RelayError(ServerError):
@@ -86,6 +109,36 @@ class HeadersTooLargeError(RelayError):
     """The request head (headers) is larger than the server accepts."""
 
     status = status_for_failure(RelayFailure.HEAD_TOO_LARGE)
+
+
+class BadRequestError(RelayError):
+    """The request's framing is invalid, conflicting or uses an unknown transfer
+    coding; it is refused before a stream opens."""
+
+    status = status_for_failure(RelayFailure.BAD_REQUEST)
+
+
+class MisdirectedHandshakeError(RelayError):
+    """A public WebSocket upgrade below ``/<id>/`` offers a ``pipegate.*``
+    subprotocol or carries a tunnel token: a misconfigured tunnel client, whose token
+    must never reach a local app."""
+
+    status = 400
+
+
+class CallerLimitError(RelayError):
+    """The caller already has ``--max-streams-per-caller`` streams open on this
+    tunnel; it may retry after :attr:`retry_after` seconds."""
+
+    status = 429
+    retry_after = 1
+
+
+class CallerStalledError(RelayError):
+    """The caller read nothing of its response for ``--stream-idle-timeout``
+    seconds: its stream is reset and its slot freed."""
+
+    status = 408
 
 
 class TunnelBusyError(RelayError):
