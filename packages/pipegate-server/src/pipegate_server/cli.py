@@ -86,7 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-url",
         help="base URL announced to clients (default: scheme and Host of their upgrade request)",
     )
+    net.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="comma-separated proxies (addresses or networks, * for all) whose "
+        "X-Forwarded-*/Forwarded headers are trusted; from anyone else they are dropped "
+        "(default $FORWARDED_ALLOW_IPS, else nobody)",
+    )
     lim = parser.add_argument_group("limits")
+    lim.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=d.stream_idle_timeout,
+        help="reset a stream whose caller read nothing of its response for this many "
+        f"seconds, freeing its slot (default {d.stream_idle_timeout:g})",
+    )
+    lim.add_argument(
+        "--max-streams-per-caller",
+        type=int,
+        default=d.max_streams_per_caller,
+        help="concurrent requests one caller address may have on one tunnel, 429 beyond; "
+        f"0 = no limit (default {d.max_streams_per_caller})",
+    )
     lim.add_argument(
         "--max-body-size",
         type=parse_size,
@@ -245,6 +266,9 @@ def settings_from_args(
         head_timeout=args.head_timeout,
         hello_timeout=args.hello_timeout,
         fast_path=args.fast_path,
+        stream_idle_timeout=args.stream_idle_timeout,
+        max_streams_per_caller=args.max_streams_per_caller,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
 
 
