@@ -26,7 +26,7 @@ from pipegate_conformance.harness import ManagedProcess, free_port
 from pipegate_conformance.origin import ResponseSpec, pattern_sha256
 from pipegate_conformance.plugin import Implementations, Origin
 from pipegate_conformance.refpeer import PeerClosed, ReferenceServer, ServerSession
-from pipegate_conformance.support import wait_for_origin_event
+from pipegate_conformance.support import rss_mib, wait_for_origin_event
 from pipegate_protocol import (
     CAPABILITY_WEBSOCKET,
     MAX_WINDOW,
@@ -218,6 +218,37 @@ async def test_client_answers_ping(driven: DrivenClient) -> None:
     await driven.session.flush()
     pong = await driven.session.next_of(Pong)
     assert pong.id == 4242
+
+
+#: Pings a hostile server sends without reading (bytes of ping frames).
+PING_FLOOD_BYTES = 256 * 1024 * 1024
+#: Growth of the client's memory the flood may cause.
+PING_FLOOD_GROWTH_MIB = 32
+
+
+@pytest.mark.rule("LV-1", "LV-3")
+async def test_client_bounds_pongs_to_a_server_that_does_not_read(
+    driven: DrivenClient,
+) -> None:
+    """LV-1 against a hostile server: a client answers pings, but a server that floods
+    it with WebSocket pings and never reads must not make it buffer the pongs without
+    bound. Once its unread writes pass a bound, the client stops reading (or closes):
+    the pings pile up on the server's side. Here 256 MiB of pings in at most 8 s may
+    grow the client by less than 32 MiB; once the hostile session is dropped the client
+    reconnects and answers pings again (LV-3)."""
+    pid = driven.process.pid
+    before = rss_mib(pid)
+    handed = await driven.session.flood_pings(total_bytes=PING_FLOOD_BYTES, seconds=8.0)
+    await asyncio.sleep(0.5)  # whatever was in flight is read by now
+    grown = rss_mib(pid) - before
+    assert grown < PING_FLOOD_GROWTH_MIB, (
+        f"the client grew {grown:.0f} MiB while {handed >> 20} MiB of pings reached it"
+    )
+    driven.session.abort()
+    session = await driven.ref.next_session(within=30.0)
+    session.conn.send_ping(77)
+    await session.flush()
+    assert (await session.next_of(Pong)).id == 77
 
 
 @pytest.mark.rule("ST-7", "LV-3")

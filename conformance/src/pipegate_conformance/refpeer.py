@@ -9,7 +9,8 @@ without any client and a client without any server.
   streams by hand and can break every rule on request (:meth:`ReferenceClient.send_raw`).
 * :class:`ReferenceServer` accepts tunnels from a client under test (checking the
   token and version like a real server), completes the hello exchange and lets a test
-  open streams and send raw frames to the client.
+  open streams and send raw frames to the client, or turn hostile: flood it with
+  WebSocket pings while reading nothing (:meth:`ServerSession.flood_pings`).
 """
 
 from __future__ import annotations
@@ -227,6 +228,44 @@ class ServerSession(_Endpoint):
     request: Request | None = None
     client_hello: Hello | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def flood_pings(
+        self,
+        *,
+        total_bytes: int,
+        seconds: float,
+        payload: bytes = b"p" * 125,
+        own_buffer_cap: int = 16 * 1024 * 1024,
+    ) -> int:
+        """Turn hostile: stop reading from the client, then write WebSocket ping frames
+        (each of ``payload``) until ``total_bytes`` were handed over or ``seconds``
+        passed, never holding more than ``own_buffer_cap`` unsent bytes here (a client
+        that stops reading makes our own buffer fill; we then wait). Returns the bytes
+        the socket took (handed over minus what is still in our buffer).
+
+        A client that answers every ping while nobody reads its pongs buffers them
+        without bound; a correct one stops reading (or closes) once its unread writes
+        pass a bound, so that these pings pile up here instead.
+        """
+        loop = asyncio.get_running_loop()
+        transport = self.ws.transport
+        transport.pause_reading()
+        frame = bytes([0x89, len(payload)]) + payload  # FIN + ping, unmasked (server)
+        chunk = frame * max(1, (256 * 1024) // len(frame))
+        handed = 0
+        deadline = loop.time() + seconds
+        while handed < total_bytes and loop.time() < deadline and not transport.is_closing():
+            if transport.get_write_buffer_size() > own_buffer_cap:
+                await asyncio.sleep(0.02)
+                continue
+            transport.write(chunk)
+            handed += len(chunk)
+            await asyncio.sleep(0)
+        return handed - transport.get_write_buffer_size()
+
+    def abort(self) -> None:
+        """Drop the connection at once (no close handshake)."""
+        self.ws.transport.abort()
 
 
 class ReferenceServer:

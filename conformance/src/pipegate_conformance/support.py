@@ -33,8 +33,19 @@ __all__ = [
     "received_at_origin",
     "relayable_response_headers",
     "request_headers",
+    "rss_mib",
     "wait_for_origin_event",
 ]
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
 
 #: Added by the server (HD-5); the checks verify their values separately.
 FORWARDING_HEADERS = frozenset(
