@@ -284,9 +284,12 @@ class ReferenceServer:
         limits: Limits | None = None,
         hello_timeout: float = 10.0,
         refuse_with: int | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.token = token
         self.refuse_with = refuse_with
+        #: The public URL the hello announces (a hostile one for escape checks).
+        self.public_url = public_url
         self.host = host
         self.limits = limits
         self.hello_timeout = hello_timeout
@@ -351,7 +354,7 @@ class ReferenceServer:
             limits=self.limits,
             agent="pipegate-conformance-reference-server",
             connection_id=connection_id,
-            public_url=f"http://{self.host}:{self.port}/{connection_id}",
+            public_url=self.public_url or f"http://{self.host}:{self.port}/{connection_id}",
         )
         session = ServerSession(ws, conn, request=ws.request)
         try:
