@@ -206,6 +206,8 @@ class Relay:
         address = str(client[0])
         counts = self._callers.get(connection_id)
         if counts is None:
+            if len(self._callers) > 2 * len(self.registry) + 64:
+                self._prune_callers()
             counts = self._callers[connection_id] = {}
         held = counts.get(address, 0)
         if held >= cap:
@@ -215,6 +217,12 @@ class Relay:
             )
         counts[address] = held + 1
         return address
+
+    def _prune_callers(self) -> None:
+        """Forget the empty counters of tunnels that are gone."""
+        for connection_id, counts in list(self._callers.items()):
+            if not counts and self.registry.get(connection_id) is None:
+                del self._callers[connection_id]
 
     def _release_caller(self, connection_id: str, address: str | None) -> None:
         if address is None:
@@ -227,7 +235,9 @@ class Relay:
             counts[address] = held
             return
         counts.pop(address, None)
-        if not counts:
+        # An idle tunnel keeps its (empty) dict, so that sequential requests allocate
+        # none; it goes with the tunnel.
+        if not counts and self.registry.get(connection_id) is None:
             del self._callers[connection_id]
 
     def _watch_writes(self, task: asyncio.Task[Any]) -> None:
