@@ -182,6 +182,18 @@ def test_client_stops_on_a_server_url_that_is_no_tunnel_endpoint(
     _normal_traffic_works(tunnel)
 
 
+async def test_client_stops_when_the_hello_names_another_id(tunnels: TunnelFactory) -> None:
+    """Row 6, the last line of defence: a server that accepts the upgrade of
+    ``/x/alice`` and says in its hello that it serves another id (here the reference
+    server's ``x/alice``) did not route the URL as the client meant: the client
+    stops with exit 5 rather than serve it."""
+    async with ReferenceServer(tunnels.token) as ref:
+        client = tunnels.client(f"{ref.url('x')}/alice")
+        code = await asyncio.to_thread(client.wait, 15.0)
+        assert code == 5, client.output()[-2000:]
+        assert "hello is for 'x/alice'" in client.output()
+
+
 # ---------------------------------------------------------------- row 12
 
 #: Ping frames the hostile server sends, in bytes, and the client's allowed growth.
