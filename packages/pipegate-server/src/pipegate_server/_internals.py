@@ -85,13 +85,57 @@ MASK: MaskFunction = LIBRARY_MASK
 #: Bytes of a request head buffered for a possible hand-over; beyond that, no fallback.
 _MAX_BUFFERED_HEAD = 64 * 1024
 
+#: Bytes a request head may have beyond ``--max-header-size`` while it is read: the
+#: request line and the header lines' framing (the relay counts names and values only).
+REQUEST_LINE_ALLOWANCE = 8 * 1024
 
-def http_protocol_class(choice: str, head_timeout: float = 10.0, *, fast_path: bool = True) -> Any:
+#: What a caller gets when its head grows past :func:`head_limit` while it is read.
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\n"
+    b"content-length: 32\r\n"
+    b"\r\n"
+    b"the request head is too large.\r\n"
+)
+
+
+def head_limit(max_header_size: int) -> int | None:
+    """The most bytes of one request head the server reads before it answers 431
+    (``--max-header-size`` plus :data:`REQUEST_LINE_ALLOWANCE`); None when
+    ``max_header_size`` is 0 ("no limit")."""
+    return max_header_size + REQUEST_LINE_ALLOWANCE if max_header_size > 0 else None
+
+
+def _connection_id_of(url: bytes) -> str:
+    """The first path segment of a (possibly partial) request target, for the log line."""
+    path = url.split(b"?", 1)[0]
+    if b"://" in path:  # absolute form
+        path = path.split(b"://", 1)[1].partition(b"/")[2]
+    segment = path.lstrip(b"/").split(b"/", 1)[0][:64]
+    return segment.decode("latin-1").encode("unicode_escape").decode("ascii") or "-"
+
+
+def _target_of(head: bytes) -> bytes:
+    """The request target of a (possibly partial) head's request line."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    return parts[1] if len(parts) > 1 else b""
+
+
+def http_protocol_class(
+    choice: str,
+    head_timeout: float = 10.0,
+    *,
+    fast_path: bool = True,
+    max_header_size: int = 0,
+) -> Any:
     """The uvicorn ``http`` setting for ``--http``: ``auto`` is httptools with the h11
-    fallback and the head deadline when httptools is installed, else h11.
+    fallback, the head deadline and the head size bound when httptools is installed,
+    else h11.
 
     Without the fast path, ``auto`` is uvicorn's plain h11 protocol (every method token
-    is relayed, as with the fast path; there is no head deadline) and ``httptools`` or
+    is relayed, as with the fast path; there is no head deadline, and a head past
+    h11's ``max_incomplete_event_size`` gets uvicorn's 400) and ``httptools`` or
     ``h11`` are uvicorn's own protocols.
     """
     if not fast_path:
@@ -99,11 +143,81 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0, *, fast_path: b
     if choice != "auto":
         return choice
     try:
+        import h11
         import httptools
         from uvicorn.protocols.http.h11_impl import H11Protocol
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # pragma: no cover - depends on the installation
         return "h11"
+
+    max_head = head_limit(max_header_size)
+
+    class DeadlineH11Protocol(H11Protocol):
+        """uvicorn's h11 protocol for a request handed over from httptools: the head
+        deadline it had carries over (a slowloris with an unknown method is closed
+        like any other), and a head past :func:`head_limit` gets 431 before h11
+        buffers it (h11's own ``max_incomplete_event_size`` is the same bound)."""
+
+        def __init__(
+            self, *args: Any, head_deadline: float | None, connection_id: str, **kwargs: Any
+        ) -> None:
+            super().__init__(*args, **kwargs)
+            self._connection_id = connection_id
+            self._head_deadline = head_deadline
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._head_bytes = 0
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_deadline = None
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            if self._head_deadline is not None and self._head_timer is None:
+                self._head_timer = self.loop.call_at(self._head_deadline, self._check_head)
+
+        def _check_head(self) -> None:
+            self._head_timer = None
+            deadline = self._head_deadline
+            if deadline is None:
+                return
+            if self.conn.their_state is not h11.IDLE:
+                self._head_deadline = None  # the head is complete
+                return
+            remaining = deadline - self.loop.time()
+            if remaining > 0:
+                self._head_timer = self.loop.call_later(remaining, self._check_head)
+                return
+            self._head_deadline = None
+            if not self.transport.is_closing():
+                logger.info(
+                    "closing a connection without a complete request head after %g s "
+                    "(h11, connection id %s, peer %s)",
+                    head_timeout,
+                    self._connection_id,
+                    _peer_of(self.transport),
+                )
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:
+                if self._head_deadline is None:
+                    self._head_deadline = self.loop.time() + head_timeout
+                    self._arm_head_timer()
+                self._head_bytes += len(data)
+                if max_head is not None and self._head_bytes > max_head:
+                    _reject_head(self.transport, self._connection_id, self._head_bytes)
+                    return
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._head_deadline = None
+                self._head_bytes = 0
 
     class MethodTolerantHttpToolsProtocol(HttpToolsProtocol):
         """httptools, handing requests with methods llhttp rejects to h11."""
@@ -115,6 +229,9 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0, *, fast_path: b
             self._head_is_whole = False
             self._head_timer: asyncio.TimerHandle | None = None
             self._head_deadline: float | None = None
+            #: Bytes read of the head in progress (an upper bound: the whole chunk
+            #: it began in counts); 431 once past ``max_head``.
+            self._head_bytes = 0
 
         def connection_made(self, transport: Any) -> None:
             # Corked: a response head and its body leave in one system call (_cork).
@@ -171,10 +288,17 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0, *, fast_path: b
         def data_received(self, data: bytes) -> None:
             self._unset_keepalive_if_required()
             idle = not self.pipeline and (self.cycle is None or self.cycle.response_complete)
-            if idle and not self._in_head:
+            was_in_head = self._in_head
+            if idle and not was_in_head:
                 self._head = bytearray(data)
-            elif self._in_head and len(self._head) <= _MAX_BUFFERED_HEAD:
-                self._head += data
+            elif was_in_head:
+                if len(self._head) <= _MAX_BUFFERED_HEAD:
+                    self._head += data
+                if max_head is not None:
+                    self._head_bytes += len(data)
+                    if self._head_bytes > max_head:
+                        self._reject_head(idle)
+                        return
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserInvalidMethodError:
@@ -191,6 +315,21 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0, *, fast_path: b
                     self.handle_websocket_upgrade()
                 else:
                     self._unsupported_upgrade_warning()
+                return
+            if self._in_head and not was_in_head and max_head is not None:
+                # A head began in this chunk and did not end in it.
+                self._head_bytes = len(data)
+                if self._head_bytes > max_head:
+                    self._reject_head(idle)
+
+        def _reject_head(self, idle: bool) -> None:
+            self._stop_head_timer()
+            self._in_head = False
+            self._head = bytearray()
+            if idle:
+                _reject_head(self.transport, _connection_id_of(self.url), self._head_bytes)
+            else:  # a response is under way: a 431 now would corrupt it
+                _reject_head(self.transport, _connection_id_of(self.url), self._head_bytes, 0)
 
         def on_message_begin(self) -> None:
             self._start_head_timer()
@@ -204,13 +343,19 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0, *, fast_path: b
             self._cancel_head_timer()
             self._in_head = False
             self._head = bytearray()
+            self._head_bytes = 0
             super().on_headers_complete()
 
         def _hand_over_to_h11(self, head: bytes) -> None:
+            deadline = self._head_deadline  # the head's deadline stays (slowloris)
             self._stop_head_timer()
             self.connections.discard(self)
-            protocol = H11Protocol(
-                config=self.config, server_state=self.server_state, app_state=self.app_state
+            protocol = DeadlineH11Protocol(
+                config=self.config,
+                server_state=self.server_state,
+                app_state=self.app_state,
+                head_deadline=deadline,
+                connection_id=_connection_id_of(_target_of(head)),
             )
             protocol.connection_made(self.transport)
             self.transport.set_protocol(protocol)
@@ -219,16 +364,38 @@ def http_protocol_class(choice: str, head_timeout: float = 10.0, *, fast_path: b
     return MethodTolerantHttpToolsProtocol
 
 
-#: A WebSocket's received messages waiting for the app before reading pauses ...
-_WS_HIGH_WATER = 64
-#: ... and the count at which it resumes.
-_WS_LOW_WATER = 16
+def _peer_of(transport: Any) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
+
+
+def _reject_head(transport: Any, connection_id: str, size: int, answer: int = 431) -> None:
+    """Answer 431 (or nothing, with ``answer=0``) to a head read past its bound, and close."""
+    if transport.is_closing():
+        return  # already answered (a 400) and closing: data still read is dropped
+    logger.info(
+        "request head past %s bytes: answered %s and closed (connection id %s, peer %s)",
+        size,
+        answer or "nothing",
+        connection_id,
+        _peer_of(transport),
+    )
+    if answer:
+        transport.write(_HEAD_TOO_LARGE)
+    transport.close()
+
+
+#: Bytes of a WebSocket's received messages waiting for the app above which reading
+#: pauses (a text message counts its characters) ...
+WS_QUEUE_HIGH_WATER = 1024 * 1024
+#: ... and the bytes at or below which it resumes.
+WS_QUEUE_LOW_WATER = 256 * 1024
 #: The frame size limit when the library has none.
 _NO_LIMIT = 2**63
 
 
 def ws_protocol_class(*, fast_path: bool = True) -> Any:
-    """The uvicorn ``ws`` setting: websockets-sansio with flow control by queue depth
+    """The uvicorn ``ws`` setting: websockets-sansio with flow control by queued bytes
     (without the fast path, uvicorn's own ``websockets-sansio`` protocol).
 
     uvicorn's websockets-sansio protocol pauses reading after *every* message it
@@ -236,11 +403,19 @@ def ws_protocol_class(*, fast_path: bool = True) -> Any:
     which receives a response head and a body message per request, that is two
     changes of the socket's poll registration per burst of input, and input waits
     in the kernel until the tunnel's reader has caught up. This subclass pauses only
-    above :data:`_WS_HIGH_WATER` queued messages, which still bounds the memory a
-    peer can make us hold (the tunnel's reader consumes without waiting, and each
-    message is at most one frame). It also offers the tunnel a direct line past the
-    ASGI queue (:mod:`pipegate_server._direct`). Falls back to uvicorn's choice when
-    this uvicorn has no websockets-sansio protocol.
+    above :data:`WS_QUEUE_HIGH_WATER` queued *bytes* and resumes at
+    :data:`WS_QUEUE_LOW_WATER`, so a caller whose messages the app does not take
+    makes us hold at most the mark plus one message (a count of messages let 64
+    messages of 16 MiB in). A tunnel on the direct line (:mod:`pipegate_server._direct`)
+    queues nothing here.
+
+    Reading also pauses while the transport's write buffer is above its high-water
+    mark (``pause_writing``) on a connection that is not a tunnel's direct line: a
+    caller that sends pings (or anything that is answered) and never reads makes
+    us hold at most the buffer's mark plus the answers to one read, instead of a
+    pong per ping without bound. A tunnel's own writes are bounded by the shell's
+    queue, and its reader must never wait on them (see ``docs/architecture.md``).
+    Falls back to uvicorn's choice when this uvicorn has no websockets-sansio protocol.
     """
     if not fast_path:
         return "websockets-sansio"
@@ -256,11 +431,19 @@ def ws_protocol_class(*, fast_path: bool = True) -> Any:
     from websockets.protocol import State
 
     class QueueDepthWebSocketProtocol(WebSocketsSansIOProtocol):
-        """websockets-sansio, pausing reads by queue depth rather than per message,
-        reading plain frames itself (:mod:`pipegate_tunnel._wsframes`) and offering a
-        tunnel the direct line of :mod:`pipegate_server._direct`."""
+        """websockets-sansio, pausing reads by queued bytes rather than per message
+        and while a caller does not read, reading plain frames itself
+        (:mod:`pipegate_tunnel._wsframes`) and offering a tunnel the direct line of
+        :mod:`pipegate_server._direct`."""
 
         _sink: MessageSink | None = None
+        #: Bytes of the messages in ``queue`` (text: characters).
+        _queued_bytes = 0
+        #: Reading is paused because ``_queued_bytes`` passed the high-water mark ...
+        _paused_for_queue = False
+        #: ... or because the peer does not read what we write (``pause_writing``).
+        _paused_for_writes = False
+        _pause_logged = False
         #: None until the first data after the handshake; then True while this class
         #: reads the frames, False once the library does (for good).
         _fast: bool | None = None
@@ -281,15 +464,47 @@ def ws_protocol_class(*, fast_path: bool = True) -> Any:
                 self._fast = library_at_frame_boundary(self.conn)
             if not self._fast:
                 super().data_received(data)
+            else:
+                held = self._held
+                if held is not None:
+                    whole = held.add(data)
+                    if whole is None:
+                        return
+                    self._held = None
+                    data = whole
+                self._read_frames(data)
+            if self._sink is None and not self.writable.is_set():
+                # What we wrote (pongs above all) is not being read: stop reading
+                # until the transport's buffer drained (resume_writing).
+                self._paused_for_writes = True
+                self._update_reading()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._paused_for_writes:
+                self._paused_for_writes = False
+                self._update_reading()
+
+        def _update_reading(self) -> None:
+            pause = self._paused_for_queue or self._paused_for_writes
+            if pause == self.read_paused or self.transport.is_closing():
                 return
-            held = self._held
-            if held is not None:
-                whole = held.add(data)
-                if whole is None:
-                    return
-                self._held = None
-                data = whole
-            self._read_frames(data)
+            self.read_paused = pause
+            if pause:
+                if not self._pause_logged:  # once per connection: a flood pauses often
+                    self._pause_logged = True
+                    scope = getattr(self, "scope", None) or {}
+                    logger.info(
+                        "pausing reads from a WebSocket caller: %s (connection id %s, peer %s)",
+                        "its messages wait for the app"
+                        if self._paused_for_queue
+                        else "it does not read what we send",
+                        _connection_id_of(str(scope.get("path", "")).encode("utf-8", "replace")),
+                        _peer_of(self.transport),
+                    )
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
         def _read_frames(self, data: bytes) -> None:
             """Deliver the plain frames in ``data``; hand the library the rest from the
@@ -362,9 +577,10 @@ def ws_protocol_class(*, fast_path: bool = True) -> Any:
                 self.queue.put_nowait({"type": "websocket.receive", "text": message})
             else:
                 self.queue.put_nowait({"type": "websocket.receive", "bytes": message})
-            if not self.read_paused and self.queue.qsize() > _WS_HIGH_WATER:
-                self.read_paused = True
-                self.transport.pause_reading()
+            self._queued_bytes += len(message)
+            if not self._paused_for_queue and self._queued_bytes > WS_QUEUE_HIGH_WATER:
+                self._paused_for_queue = True
+                self._update_reading()
 
         def _fail_invalid_utf8(self) -> None:
             self.conn.send_close(1007)
@@ -372,9 +588,12 @@ def ws_protocol_class(*, fast_path: bool = True) -> Any:
 
         async def receive(self) -> Any:
             message = await self.queue.get()
-            if self.read_paused and self.queue.qsize() <= _WS_LOW_WATER:
-                self.read_paused = False
-                self.transport.resume_reading()
+            payload = websocket_payload(message)
+            if payload is not None:
+                self._queued_bytes -= len(payload)
+            if self._paused_for_queue and self._queued_bytes <= WS_QUEUE_LOW_WATER:
+                self._paused_for_queue = False
+                self._update_reading()
             return message
 
         def attach_sink(self, sink: MessageSink) -> None:
@@ -389,9 +608,9 @@ def ws_protocol_class(*, fast_path: bool = True) -> Any:
             for event in kept:
                 self.queue.put_nowait(event)
             self._sink = sink
-            if self.read_paused:
-                self.read_paused = False
-                self.transport.resume_reading()
+            self._queued_bytes = 0
+            self._paused_for_queue = self._paused_for_writes = False
+            self._update_reading()
 
         # -------------------------------------------------- sending
 
