@@ -71,8 +71,9 @@ class ServerSettings:
     #: reset and its slot freed (a write to it that does not complete in time).
     stream_idle_timeout: float = 60.0
     #: Streams one caller address may have open at once on one tunnel (429 beyond);
-    #: 0 means no limit.
-    max_streams_per_caller: int = 32
+    #: 0 means no limit. Half the default streams per tunnel: one address cannot take
+    #: every slot, and a load test at concurrency 64 from one machine still fits.
+    max_streams_per_caller: int = 64
     #: Proxies whose X-Forwarded-* and other proxy headers are trusted (comma-separated
     #: addresses or networks, ``*`` for all); ``None`` reads ``$FORWARDED_ALLOW_IPS``,
     #: and without it nobody is trusted.
