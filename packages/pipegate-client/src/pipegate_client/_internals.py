@@ -191,7 +191,7 @@ class TunnelConnection(GuardedClientConnection):
         if rest is not None:
             self._fast = False
             super().data_received(data[rest:])  # checks the backlog itself
-        elif self.paused:  # pongs the server does not read (GuardedClientConnection)
+        elif self.writes_paused:  # pongs the server does not read (GuardedClientConnection)
             self.check_backlog()
         self._wake_reader()
 

@@ -9,7 +9,8 @@ pins allow, whatever that version keeps inside.
 
 :class:`GuardedClientConnection` is the websockets connection of both paths: it adds
 one rule to the library's flow control, through the asyncio protocol callbacks only
-(``data_received``, ``resume_writing``) and the transport's public methods. websockets
+(``data_received``, ``pause_writing``, ``resume_writing``, each calling the library's
+own first) and the transport's public methods. websockets
 answers every ping frame by itself, writing the pong whether or not the server reads;
 a server that floods pings and never reads made the client buffer pongs without end
 (68 -> 451 MiB in 12 s, issue 11 row 12). Once more than :data:`BACKLOG_LIMIT` bytes
@@ -41,11 +42,18 @@ class GuardedClientConnection(ClientConnection):
     than :data:`BACKLOG_LIMIT` bytes of our writes unread (see the module docstring)."""
 
     _backlog_paused = False
+    #: Between the transport's pause_writing and resume_writing (our own flag: the
+    #: library's is not public).
+    writes_paused = False
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.paused:  # the usual case costs this one attribute read
+        if self.writes_paused:  # the usual case costs this one attribute read
             self.check_backlog()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.writes_paused = True
 
     def check_backlog(self) -> None:
         """Stop reading when the unread backlog passed :data:`BACKLOG_LIMIT`."""
@@ -55,6 +63,7 @@ class GuardedClientConnection(ClientConnection):
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self.writes_paused = False
         if self._backlog_paused:
             self._backlog_paused = False
             if self.may_read():
