@@ -383,6 +383,7 @@ def test_huge_request_head_is_refused_431_as_it_is_read(tunnels: TunnelFactory) 
         for method in ("GET", "FOO"):
             request_line = f"{method} /victim/echo/x HTTP/1.1\r\n".encode()
             answers[method] = _header_flood(victim.port, request_line, 8.0, 300 * MiB)
+    print(f"header flood: server {rss.start:.0f} -> {rss.peak:.0f} MiB")
     assert rss.growth < BOUND_MIB, f"server grew {rss.start:.0f} -> {rss.peak:.0f} MiB"
     for method, answer in answers.items():
         assert answer.startswith(b"HTTP/1.1 431 "), (method, answer[:200])
@@ -427,6 +428,10 @@ def test_slowloris_with_an_unknown_method_keeps_the_head_deadline(
             for sock in sockets:
                 sock.close()
     elapsed = time.monotonic() - started
+    print(
+        f"slowloris: {len(still_open)} open after {elapsed:.1f} s,"
+        f" server {rss.start:.0f} -> {rss.peak:.0f} MiB"
+    )
     assert still_open == [], f"{len(still_open)} partial heads still open after {elapsed:.1f} s"
     assert answers == {"FOO": {b""}, "GET": {b""}}, answers  # closed without an answer
     assert rss.growth < BOUND_MIB, f"server grew {rss.start:.0f} -> {rss.peak:.0f} MiB"
