@@ -338,6 +338,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        gateway.relay.close()
         for tunnel in gateway.registry.running():
             tunnel.close(CloseCode.GOING_AWAY, "server stopped")
 

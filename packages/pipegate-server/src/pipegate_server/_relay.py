@@ -218,6 +218,11 @@ class Relay:
         counts[address] = held + 1
         return address
 
+    def close(self) -> None:
+        """The server stops: end the send-deadline watchdog."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
     def _prune_callers(self) -> None:
         """Forget the empty counters of tunnels that are gone."""
         for connection_id, counts in list(self._callers.items()):
@@ -240,12 +245,14 @@ class Relay:
         if not counts and self.registry.get(connection_id) is None:
             del self._callers[connection_id]
 
-    def _watch_writes(self, task: asyncio.Task[Any]) -> None:
-        """Put a response-streaming task under the send deadline."""
+    def _watch_writes(self, task: asyncio.Task[Any]) -> dict[asyncio.Task[Any], float]:
+        """Put a responding task under the send deadline; returns the table to mark
+        its writes in."""
         self._writing[task] = 0.0
         if self._watchdog is None:
             loop = asyncio.get_running_loop()
             self._watchdog = loop.create_task(self._sweep_writes())
+        return self._writing
 
     async def _sweep_writes(self) -> None:
         """Cancel every stream whose write to its caller has waited longer than
@@ -463,12 +470,20 @@ class Relay:
         ]
         if head.end_stream:
             channel.response_done = True
+        # Every write to the caller, from the head on, is under the send deadline
+        # (--stream-idle-timeout), swept by _sweep_writes: a caller that reads nothing
+        # (even of an earlier response on its connection) cannot hold the slot.
+        task = asyncio.current_task()
+        assert task is not None
+        writing = self._watch_writes(task)
         try:
+            writing[task] = asyncio.get_running_loop().time()
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
             if head.end_stream:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            await self._stream_body(scope, send, tunnel, channel, start_pump)
+            writing[task] = 0.0
+            await self._stream_body(scope, send, tunnel, channel, start_pump, task)
         except RuntimeError as exc:
             # uvicorn refuses a body that contradicts the Content-Length the local app
             # sent; the caller's connection is closed, which is the honest outcome.
@@ -476,6 +491,18 @@ class Relay:
             self._record_outcome(
                 scope, tunnel.connection_id, RelayError(f"invalid response: {exc}"), aborted=True
             )
+        except asyncio.CancelledError:
+            if task not in self._stalled:
+                raise
+            task.uncancel()
+            text = f"the caller read nothing for {self.settings.stream_idle_timeout:g} s"
+            tunnel.reset(channel, ResetCode.CANCELLED, text)
+            self._record_outcome(
+                scope, tunnel.connection_id, CallerStalledError(text), aborted=True
+            )
+        finally:
+            writing.pop(task, None)
+            self._stalled.discard(task)
 
     async def _stream_body(
         self,
@@ -484,47 +511,31 @@ class Relay:
         tunnel: Tunnel,
         channel: RelayChannel,
         start_pump: Callable[[], None],
+        task: asyncio.Task[Any],
     ) -> None:
-        """Relay the response body; each write to the caller is under the send
-        deadline (--stream-idle-timeout), swept by :meth:`_sweep_writes`."""
-        task = asyncio.current_task()
-        assert task is not None
+        """Relay the response body; ``task`` is under the send deadline (see
+        :meth:`_respond`): its entry in ``_writing`` says since when a write waits."""
         writing = self._writing
         loop = asyncio.get_running_loop()
-        self._watch_writes(task)
-        try:
-            while True:
-                if not channel.pending:
-                    start_pump()
-                try:
-                    item = await channel.next()
-                except RelayError as exc:
-                    self._record_outcome(scope, tunnel.connection_id, exc, aborted=True)
-                    return  # uvicorn closes the connection: the caller sees a truncated body
-                if isinstance(item, Data):
-                    writing[task] = loop.time()
-                    if item.end_stream:
-                        channel.response_done = True
-                        await send(
-                            {"type": "http.response.body", "body": item.data, "more_body": False}
-                        )
-                        return
-                    await send({"type": "http.response.body", "body": item.data, "more_body": True})
-                    writing[task] = 0.0
-                    tunnel.acknowledge(channel, len(item.data))
-        except asyncio.CancelledError:
-            if task not in self._stalled:
-                raise
-            task.uncancel()
-            timeout = self.settings.stream_idle_timeout
-            text = f"the caller read nothing for {timeout:g} s"
-            tunnel.reset(channel, ResetCode.CANCELLED, text)
-            self._record_outcome(
-                scope, tunnel.connection_id, CallerStalledError(text), aborted=True
-            )
-        finally:
-            writing.pop(task, None)
-            self._stalled.discard(task)
+        while True:
+            if not channel.pending:
+                start_pump()
+            try:
+                item = await channel.next()
+            except RelayError as exc:
+                self._record_outcome(scope, tunnel.connection_id, exc, aborted=True)
+                return  # uvicorn closes the connection: the caller sees a truncated body
+            if isinstance(item, Data):
+                writing[task] = loop.time()
+                if item.end_stream:
+                    channel.response_done = True
+                    await send(
+                        {"type": "http.response.body", "body": item.data, "more_body": False}
+                    )
+                    return
+                await send({"type": "http.response.body", "body": item.data, "more_body": True})
+                writing[task] = 0.0
+                tunnel.acknowledge(channel, len(item.data))
 
     async def _pump_request(self, tunnel: Tunnel, channel: RelayChannel, receive: Receive) -> None:
         """Forward the request body, then watch for the caller disconnecting."""
