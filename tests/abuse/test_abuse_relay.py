@@ -125,7 +125,7 @@ def test_row6_tunnel_handshake_below_an_id_is_refused_not_relayed(
             with connect(
                 f"{ws}/alice/ws/echo?tag={tag}",
                 additional_headers=headers,
-                subprotocols=subprotocols,  # type: ignore[arg-type]
+                subprotocols=subprotocols or None,  # type: ignore[arg-type]
                 open_timeout=10,
             ):
                 statuses.append(101)
