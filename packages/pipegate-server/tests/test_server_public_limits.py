@@ -7,11 +7,10 @@ measured with real processes in ``tests/abuse/test_abuse_server_public.py``.)"""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from pipegate_server._internals import REQUEST_LINE_ALLOWANCE, head_limit
-
-from .conftest import start_server
 
 LIMIT = 4096
 
@@ -46,23 +45,25 @@ async def _head_in_pieces(port: int, method: str, lines: int, *, end: bool) -> b
 
 
 @pytest.mark.parametrize("method", ["GET", "FOO"])
-async def test_head_growing_past_the_bound_is_431_before_it_ends(method: str) -> None:
-    async with start_server(max_header_size=LIMIT) as running:
+async def test_head_growing_past_the_bound_is_431_before_it_ends(method: str, pg: Any) -> None:
+    async with pg.start_server(max_header_size=LIMIT) as running:
         answer = await _head_in_pieces(running.port, method, 64, end=False)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
 
 
 @pytest.mark.parametrize("method", ["GET", "FOO"])
-async def test_head_within_the_bound_in_many_reads_is_not_refused_early(method: str) -> None:
+async def test_head_within_the_bound_in_many_reads_is_not_refused_early(
+    method: str, pg: Any
+) -> None:
     """3 KiB of headers in 1 KiB reads reach the app (no tunnel there: 404)."""
-    async with start_server(max_header_size=LIMIT) as running:
+    async with pg.start_server(max_header_size=LIMIT) as running:
         answer = await _head_in_pieces(running.port, method, 3, end=True)
     assert answer.startswith(b"HTTP/1.1 404 "), answer[:200]
 
 
 @pytest.mark.parametrize("method", ["GET", "FOO"])
-async def test_partial_head_is_closed_after_the_head_timeout(method: str) -> None:
-    async with start_server(head_timeout=0.5) as running:
+async def test_partial_head_is_closed_after_the_head_timeout(method: str, pg: Any) -> None:
+    async with pg.start_server(head_timeout=0.5) as running:
         reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
         try:
             writer.write(f"{method} /node/x HTTP/1.1\r\nHost: a\r\n".encode())
