@@ -16,23 +16,31 @@ no ``disconnected`` one, and their denials of an upgrade repeat Content-Length):
    ``httptools.HttpParserInvalidMethodError`` apart), ``on_message_begin``,
    ``on_headers_complete``, ``handle_websocket_upgrade``; reads and replaces
    ``self.transport``; reads ``pipeline``, ``cycle.response_complete``, ``parser``,
-   ``loop``, ``logger``, ``connections``, ``config``, ``server_state``, ``app_state``;
+   ``loop``, ``logger``, ``connections``, ``config``, ``server_state``, ``app_state``,
+   ``url`` (for the log line of a refused head);
    calls ``_unset_keepalive_if_required``, ``send_400_response``, ``_should_upgrade``,
    ``_unsupported_upgrade_warning``. Why: a corked transport for callers
-   (:mod:`._cork`), a deadline for request heads (slowloris), and the hand-over below.
-2. ``uvicorn.protocols.http.h11_impl.H11Protocol``, built with ``config``,
-   ``server_state`` and ``app_state`` and fed the replayed request: a request whose
-   method llhttp does not know goes to h11, so every method token is relayed.
+   (:mod:`._cork`), a deadline for request heads (slowloris), a bound on the bytes of
+   a head read (431 past ``head_limit``, before httptools buffers it whole), and the
+   hand-over below.
+2. ``uvicorn.protocols.http.h11_impl.H11Protocol``, subclassed by
+   ``DeadlineH11Protocol``, built with ``config``, ``server_state`` and ``app_state``
+   and fed the replayed request: a request whose method llhttp does not know goes to
+   h11, so every method token is relayed. Overrides ``__init__``, ``connection_made``,
+   ``connection_lost``, ``data_received``; reads ``conn.their_state``, ``loop``,
+   ``transport``. Why: the head deadline and the head bound carry over the hand-over.
 3. ``uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol``,
    subclassed by :func:`ws_protocol_class`: overrides ``handle_connect`` (offers the
    direct line of :mod:`._direct` in the scope), ``data_received``,
-   ``send_receive_event_to_app``, ``receive`` and ``send``; reads and writes ``conn``,
-   ``frames``, ``curr_msg_data_type``, ``close_sent``, ``disconnected``, ``queue``,
-   ``read_paused``, ``writable``, ``handshake_complete``, ``transport``, ``scope``;
-   calls ``handle_ping``, ``handle_pong``, ``handle_parser_exception``. Why: plain
-   frames read and written past the library (:mod:`pipegate_tunnel._wsframes`),
-   pausing reads by queue depth instead of per message, and no false "ASGI callable
-   returned without completing handshake" error after an HTTP denial of an upgrade.
+   ``send_receive_event_to_app``, ``receive``, ``send`` and ``resume_writing``; reads
+   and writes ``conn``, ``frames``, ``curr_msg_data_type``, ``close_sent``,
+   ``disconnected``, ``queue``, ``read_paused``, ``writable``, ``handshake_complete``,
+   ``transport``, ``scope``; calls ``handle_ping``, ``handle_pong``,
+   ``handle_parser_exception``. Why: plain frames read and written past the library
+   (:mod:`pipegate_tunnel._wsframes`), pausing reads by queued bytes instead of per
+   message and while a caller does not read what we write (``writable``, cleared by
+   ``pause_writing``), and no false "ASGI callable returned without completing
+   handshake" error after an HTTP denial of an upgrade.
 4. websockets' sans-I/O ``ServerProtocol`` (uvicorn's ``self.conn``), handed to
    :func:`pipegate_tunnel._internals.library_at_frame_boundary`, which reads its
    parser state; and websockets' C ``apply_mask`` through
