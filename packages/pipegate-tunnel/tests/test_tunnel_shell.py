@@ -420,3 +420,24 @@ async def test_a_ping_when_silent_heartbeat_stays_quiet_while_the_peer_talks() -
         sent = [m for m in to_server.sent if isinstance(m, str)]
         assert any('"pong"' in m for m in sent)
         assert not any('"ping"' in m for m in sent)
+
+
+async def test_a_ping_flood_that_never_reads_the_pongs_is_closed_with_1008() -> None:
+    """Pongs are answers the reader queues; past the queue limit the tunnel closes."""
+    async with paired() as (server, client, to_client, to_server):
+        to_client.paused = True  # the client reads nothing the server sends
+        to_server.peer = None
+        peak = 0
+        for _ in range(200):  # at most 200k pings: ~4.4 MiB of pongs
+            batch = []
+            for _ in range(1000):
+                client.conn.send_ping(1)
+                batch.extend(client.conn.data_to_send())
+            server.receive_batch(batch)
+            peak = max(peak, server._buffered)
+            if server.closed:
+                break
+            await asyncio.sleep(0)
+        assert server.closed
+        assert server.close_code == CloseCode.POLICY_VIOLATION
+        assert peak <= server.queue_limit + 1000 * 32  # plus one received batch's pongs

@@ -26,9 +26,11 @@ running a handler per opened stream, reconnect bookkeeping). Its parts:
   peer that does not take it within :data:`CLOSE_TIMEOUT` seconds.
 
 Bound on what one tunnel holds in this layer: the write queue, at most
-``HIGH_WATER`` + one frame per concurrent sender (each checks the mark before it
-adds a frame of at most the peer's ``max_frame_size``), plus per stream its receive
-window of delivered data (enforced by the core).
+:attr:`TunnelShell.queue_limit` = ``HIGH_WATER`` (1 MiB) + one data frame of the peer's
+``max_frame_size`` (senders check the mark before each frame, one loop turn at a time)
++ ``CONTROL_SLACK`` (1 MiB of pongs, window updates and resets); a peer that keeps
+asking (pings) without reading the answers past that is closed with 1008 (LV-1). Plus,
+per stream, its receive window of delivered data (enforced by the core).
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 #: Seconds the peer gets to take our close frame before the connection is dropped.
 CLOSE_TIMEOUT = 2.0
+#: Bytes of control messages (pongs, window updates, resets) the write queue may hold
+#: beyond what senders can add; past it the peer is not reading what it asks for.
+CONTROL_SLACK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -352,9 +357,24 @@ class TunnelShell:
         for item in out:
             self._buffered += len(item)
         self._outgoing.extend(out)
+        self._wake_writer.set()
         if self._buffered > HIGH_WATER:
             self._drained.clear()
-        self._wake_writer.set()
+            if self._buffered > self.queue_limit and not self.closed:
+                # Senders stop at HIGH_WATER, so only what the reader answers (pongs
+                # to a ping flood) gets here: a peer that asks and does not read.
+                self.log.warning(
+                    "tunnel peer not reading: id=%s queued=%d", self.connection_id, self._buffered
+                )
+                self.close(int(CloseCode.POLICY_VIOLATION), "peer does not read")
+
+    @property
+    def queue_limit(self) -> int:
+        """The most bytes the write queue may hold: :data:`HIGH_WATER`, one data frame
+        of the peer's ``max_frame_size`` and :data:`CONTROL_SLACK`. Past it the tunnel
+        is closed with 1008 (LV-1)."""
+        frame = self.conn.max_data_size if self.conn.peer_hello is not None else 0
+        return HIGH_WATER + frame + CONTROL_SLACK
 
     async def _write_loop(self) -> None:
         transport = self.transport
