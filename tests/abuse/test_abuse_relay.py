@@ -17,7 +17,6 @@ import time
 import uuid
 
 import httpx
-import pytest
 from e2e_support import MiB, TunnelFactory, wait_relaying, wait_until
 from pipegate_conformance.harness import Tunnel
 from pipegate_protocol import ProtocolVersion
@@ -214,12 +213,6 @@ def test_row7_callers_that_never_read_lose_their_streams_and_are_capped(
 # ---------------------------------------------------------------------- row 8
 
 
-@pytest.mark.xfail(
-    reason="uvicorn's httptools protocol appends trailers to the scope's header list; "
-    "the fix is one line in _internals (rebind self.headers after on_headers_complete), "
-    "a file another engineer owns",
-    strict=False,
-)
 def test_row8_trailers_never_become_headers(tunnels: TunnelFactory) -> None:
     """Trailers ``authorization`` and ``x-forwarded-host`` of a chunked request are
     dropped: the local app sees neither as a header."""

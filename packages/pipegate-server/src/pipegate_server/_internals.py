@@ -353,6 +353,14 @@ def http_protocol_class(
             self._head = bytearray()
             self._head_bytes = 0
             super().on_headers_complete()
+            # llhttp reports a chunked body's trailer fields through on_header too,
+            # which appends to the list the request's scope already holds: trailers
+            # would reach the local app as headers. From here on they go to a list
+            # nobody reads, so trailers are dropped (the protocol has no trailer frame).
+            # An upgrade keeps the list: uvicorn reads it again to hand the connection
+            # over, and an upgrade request has no body, so no trailers.
+            if not self.parser.should_upgrade():
+                self.headers = []
 
         def _hand_over_to_h11(self, head: bytes) -> None:
             deadline = self._head_deadline  # the head's deadline stays (slowloris)
