@@ -1,6 +1,6 @@
 """Issue 11, client rows: the local-URL prefix as a boundary (row 13), server URLs and
 handshake answers that show no tunnel endpoint (row 6), text from the server escaped
-and the ws:// warning (row 12). The abuse suite (tests/abuse/test_abuse_client.py)
+and the ws:// warning (row 12). The abuse suite (tests/e2e/abuse/test_abuse_client.py)
 runs the same attacks against real processes."""
 
 from __future__ import annotations

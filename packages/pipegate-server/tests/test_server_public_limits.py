@@ -2,7 +2,7 @@
 request head read in pieces is answered 431 once it passes ``--max-header-size`` plus
 the request line's allowance, on httptools and on the h11 hand-over alike, and a
 head handed over to h11 keeps its deadline. (Rows 1 and 2, the WebSocket bounds, are
-measured with real processes in ``tests/abuse/test_abuse_server_public.py``.)"""
+measured with real processes in ``tests/e2e/abuse/test_abuse_server_public.py``.)"""
 
 from __future__ import annotations
 

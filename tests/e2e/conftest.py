@@ -1,6 +1,6 @@
-"""Fixtures for the end-to-end and abuse tests (``tests/e2e``, ``tests/abuse``): real
-``pipegate-server``, ``pipegate-client`` and origin processes on loopback ports,
-reached only through the public URL.
+"""Fixtures for the end-to-end tests and the abuse suite below them
+(``tests/e2e/abuse``): real ``pipegate-server``, ``pipegate-client`` and origin
+processes on loopback ports, reached only through the public URL.
 
 Starting processes is the slow part, so the suite shares what it can:
 
@@ -35,7 +35,7 @@ from pipegate_conformance.harness import (
     wait_for_http,
 )
 
-sys.path.insert(0, str(Path(__file__).parent / "e2e"))
+sys.path.insert(0, str(Path(__file__).parent))
 
 from e2e_support import (
     CLIENT_ARGS,
