@@ -364,7 +364,7 @@ class Relay:
                     continue
                 if channel.progress_at + timeout > loop.time():
                     continue
-                tunnel.reset(channel, ResetCode.TIMEOUT, f"no response head within {timeout:g} s")
+                channel.reset(ResetCode.TIMEOUT, f"no response head within {timeout:g} s")
                 raise ResponseTimeoutError(
                     f"the local app behind id {tunnel.connection_id!r} did not answer "
                     f"within {timeout:g} s"
@@ -487,7 +487,7 @@ class Relay:
         except RuntimeError as exc:
             # uvicorn refuses a body that contradicts the Content-Length the local app
             # sent; the caller's connection is closed, which is the honest outcome.
-            tunnel.reset(channel, ResetCode.INTERNAL_ERROR, "invalid response from the local app")
+            channel.reset(ResetCode.INTERNAL_ERROR, "invalid response from the local app")
             self._record_outcome(
                 scope, tunnel.connection_id, RelayError(f"invalid response: {exc}"), aborted=True
             )
@@ -496,7 +496,7 @@ class Relay:
                 raise
             task.uncancel()
             text = f"the caller read nothing for {self.settings.stream_idle_timeout:g} s"
-            tunnel.reset(channel, ResetCode.CANCELLED, text)
+            channel.reset(ResetCode.CANCELLED, text)
             self._record_outcome(
                 scope, tunnel.connection_id, CallerStalledError(text), aborted=True
             )
@@ -535,7 +535,7 @@ class Relay:
                     return
                 await send({"type": "http.response.body", "body": item.data, "more_body": True})
                 writing[task] = 0.0
-                tunnel.acknowledge(channel, len(item.data))
+                channel.acknowledge(len(item.data))
 
     async def _pump_request(self, tunnel: Tunnel, channel: RelayChannel, receive: Receive) -> None:
         """Forward the request body, then watch for the caller disconnecting."""
@@ -554,17 +554,17 @@ class Relay:
                 received += len(body)
                 if limit and received > limit:
                     text = f"the request body exceeds the limit of {limit} bytes"
-                    tunnel.reset(channel, ResetCode.TOO_LARGE, text)
+                    channel.reset(ResetCode.TOO_LARGE, text)
                     if more:
                         await _drain_body(receive)
                     channel.fail(BodyTooLargeError(text))
                     return
-                await tunnel.send_data(channel, body, end_stream=not more)
+                await channel.send_data(body, end_stream=not more)
                 channel.progress_at = loop.time()
                 if not more:
                     channel.request_done = True
             if not channel.response_done:
-                tunnel.reset(channel, ResetCode.CALLER_GONE, "the caller disconnected")
+                channel.reset(ResetCode.CALLER_GONE, "the caller disconnected")
                 channel.fail(CallerGoneError("the caller disconnected"))
         except RelayError:
             return  # the stream already failed; the responding side reports it
@@ -671,7 +671,7 @@ class Relay:
         try:
             await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": extra})
         except OSError:
-            tunnel.send_websocket_close(channel, 1001, "the caller disconnected")
+            channel.send_websocket_close(1001, "the caller disconnected")
             return
         upstream = asyncio.get_running_loop().create_task(
             self._websocket_upstream(tunnel, channel, receive)
@@ -699,7 +699,7 @@ class Relay:
                 break
             if isinstance(item, Data):
                 body += item.data
-                tunnel.acknowledge(channel, len(item.data))
+                channel.acknowledge(len(item.data))
                 ended = item.end_stream
         headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
@@ -727,17 +727,17 @@ class Relay:
                 if message["type"] == "websocket.disconnect":
                     # WS-5: on this hop it is always the caller who goes away.
                     code = close_code_for_relay(message.get("code"), went_away=True)
-                    tunnel.send_websocket_close(channel, code, str(message.get("reason") or ""))
+                    channel.send_websocket_close(code, str(message.get("reason") or ""))
                     channel.fail(CallerGoneError("the caller closed the WebSocket"))
                     return
                 if message["type"] != "websocket.receive":
                     continue
                 data = message.get("bytes")
                 if data is not None:
-                    await tunnel.send_websocket_data(channel, data, text=False)
+                    await channel.send_websocket(data, text=False)
                 else:
                     text = message.get("text") or ""
-                    await tunnel.send_websocket_data(channel, text.encode("utf-8"), text=True)
+                    await channel.send_websocket(text.encode("utf-8"), text=True)
         except RelayError:
             return
 
@@ -773,29 +773,29 @@ class Relay:
                 parts.append(item.data)
                 size += len(item.data)
                 if size > limit:
-                    tunnel.send_websocket_close(channel, 1009, "message too big")
+                    channel.send_websocket_close(1009, "message too big")
                     await send(
                         {"type": "websocket.close", "code": 1009, "reason": "message too big"}
                     )
                     return
                 if not item.fin:
-                    tunnel.acknowledge(channel, len(item.data))  # buffered; bounded by limit
+                    channel.acknowledge(len(item.data))  # buffered; bounded by limit
                     continue
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
                 if item.text:
                     try:
                         await send({"type": "websocket.send", "text": data.decode("utf-8")})
                     except UnicodeDecodeError:
-                        tunnel.send_websocket_close(channel, 1007, "invalid UTF-8")
+                        channel.send_websocket_close(1007, "invalid UTF-8")
                         await send({"type": "websocket.close", "code": 1007, "reason": ""})
                         return
                 else:
                     await send({"type": "websocket.send", "bytes": data})
-                tunnel.acknowledge(channel, len(item.data))
+                channel.acknowledge(len(item.data))
                 parts = []
                 size = 0
         except OSError:  # uvicorn's ClientDisconnected
-            tunnel.send_websocket_close(channel, 1001, "the caller disconnected")
+            channel.send_websocket_close(1001, "the caller disconnected")
 
 
 def _expects_continue(scope: Scope) -> bool:

@@ -12,8 +12,9 @@ timeout and close for both roles. What is the server's alone lives here:
   subclasses, which carry the status a caller gets;
 * the registry: a tunnel releases its id when it closes or its client sends go-away.
 
-Relays (one per public request) talk to the tunnel through :meth:`Tunnel.open_stream`,
-:meth:`Tunnel.send_data`, :meth:`Tunnel.acknowledge` and :meth:`Tunnel.finish`.
+Relays (one per public request) open a stream with :meth:`Tunnel.open_stream`, then
+send, acknowledge and reset on the :class:`RelayChannel` it returns (the shared
+:class:`~pipegate_tunnel.StreamChannel` API), and end with :meth:`Tunnel.finish`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from pipegate_protocol import (
     Hello,
     ProtocolVersion,
     Reset,
-    ResetCode,
     Role,
     StreamKind,
 )
@@ -371,24 +371,6 @@ class Tunnel(TunnelShell):
             waiter = self._slot_waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
-
-    async def send_data(self, channel: StreamChannel, data: bytes, *, end_stream: bool) -> None:
-        """Send request body bytes, split to the window and frame size, waiting as needed."""
-        await channel.send_data(data, end_stream=end_stream)
-
-    async def send_websocket_data(self, channel: StreamChannel, data: bytes, *, text: bool) -> None:
-        """Send one whole public WebSocket message, fragmented as the window allows."""
-        await channel.send_websocket(data, text=text)
-
-    def send_websocket_close(self, channel: StreamChannel, code: int, reason: str) -> None:
-        channel.send_websocket_close(code, reason)
-
-    def acknowledge(self, channel: StreamChannel, size: int) -> None:
-        """Return ``size`` consumed bytes of credit to the client (after they left us)."""
-        channel.acknowledge(size)
-
-    def reset(self, channel: StreamChannel, code: ResetCode, message: str = "") -> None:
-        channel.reset(code, message)
 
     def finish(self, channel: StreamChannel) -> bool:
         """The relay is done with the stream; cancel it if still open and free its slot."""
