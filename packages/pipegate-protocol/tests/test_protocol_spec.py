@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from pipegate_protocol import (
+    CAPABILITY_HOSTNAMES,
     CAPABILITY_WEBSOCKET,
     Connection,
     Data,
@@ -69,6 +70,9 @@ def test_worked_example_is_what_the_reference_sends() -> None:
         agent="pipegate-server/1.0.0",
         connection_id="node",
         public_url="https://example.com/node",
+        public_urls=["https://node.example.com/", "https://example.com/node/"],
+        hostnames=["node.example.com"],
+        capabilities=[CAPABILITY_HOSTNAMES],
     )
     client = Connection(
         Role.CLIENT,

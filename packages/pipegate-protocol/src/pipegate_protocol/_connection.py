@@ -123,6 +123,8 @@ class Connection:
         agent: str = "",
         connection_id: str | None = None,
         public_url: str | None = None,
+        public_urls: Sequence[str] = (),
+        hostnames: Sequence[str] = (),
     ) -> None:
         self.role = role
         self.version = version
@@ -135,6 +137,8 @@ class Connection:
             agent=agent,
             connection_id=connection_id,
             public_url=public_url,
+            public_urls=tuple(public_urls),
+            hostnames=tuple(hostnames),
         )
         self.peer_hello: Hello | None = None
         self.state = ConnectionState.AWAITING_HELLO

@@ -124,6 +124,11 @@ class Hello(_Message):
     connection_id: str | None = None
     #: Server only: the public base URL callers use to reach this tunnel.
     public_url: str | None = None
+    #: Server only (RT-5): every public URL of the tunnel, as a user should open it
+    #: (path URLs end with ``/``). Empty from a server that predates RT-5.
+    public_urls: tuple[str, ...] = ()
+    #: Server only (RT-4): every hostname the tunnel is reached at, in normal form.
+    hostnames: tuple[str, ...] = ()
 
 
 class Open(_Message):
