@@ -25,12 +25,15 @@ from pipegate_protocol import (
     Response,
     Role,
     StreamKind,
+    WebSocketClose,
+    WebSocketData,
 )
 from pipegate_tunnel import (
     HIGH_WATER,
     Heartbeat,
     StreamChannel,
     StreamObserver,
+    StreamObservers,
     TunnelShell,
 )
 from pipegate_tunnel.errors import StreamGone, TransportClosed
@@ -340,15 +343,31 @@ async def test_go_away_reaches_the_peer_and_stops_new_streams() -> None:
 class Recorder(StreamObserver):
     def __init__(self) -> None:
         self.events: list[tuple[str, int]] = []
+        self.bodies: list[bytes] = []
+        self.heads: list[list[tuple[str, str]]] = []
+        self.websocket: list[tuple[str, bytes | int | str, bool, bool]] = []
 
     def stream_opened(self, channel: StreamChannel) -> None:
         self.events.append(("open", channel.stream_id))
 
     def response_head(self, channel: StreamChannel, status: int) -> None:
         self.events.append(("head", status))
+        self.heads.append(list(channel.response_headers))
 
-    def body(self, channel: StreamChannel, size: int, *, sent: bool) -> None:
-        self.events.append(("sent" if sent else "received", size))
+    def body(self, channel: StreamChannel, data: bytes, *, sent: bool) -> None:
+        self.events.append(("sent" if sent else "received", len(data)))
+        self.bodies.append(bytes(data))
+
+    def websocket_message(
+        self, channel: StreamChannel, data: bytes, *, sent: bool, text: bool, fin: bool
+    ) -> None:
+        self.websocket.append(("sent" if sent else "received", bytes(data), text, fin))
+
+    def websocket_close(
+        self, channel: StreamChannel, code: int, reason: str, *, sent: bool
+    ) -> None:
+        self.websocket.append(("close sent" if sent else "close received", code, sent, False))
+        self.websocket.append(("reason", reason, sent, False))
 
     def stream_ended(self, channel: StreamChannel) -> None:
         self.events.append(("end", channel.status or 0))
@@ -363,7 +382,7 @@ async def test_the_observer_sees_each_step_on_both_sides() -> None:
         await channel.send_data(b"abc", end_stream=True)
         remote = await asyncio.wait_for(client.opened.get(), 5)
         assert await read_body(remote) == b"abc"
-        await remote.send_response(201, [])
+        await remote.send_response(201, [("x-a", "1"), ("x-a", "2")])
         await remote.send_data(b"hello", end_stream=True)
         assert isinstance(await asyncio.wait_for(channel.next(), 5), Response)
         assert await asyncio.wait_for(channel.next(), 5) == Data(
@@ -385,6 +404,87 @@ async def test_the_observer_sees_each_step_on_both_sides() -> None:
         ("sent", 5),
         ("end", 201),
     ]
+    # The pieces themselves pass (not only their sizes), and the response headers in
+    # wire order with duplicates, on both sides.
+    assert server_log.bodies == [b"abc", b"hello"]
+    assert client_log.bodies == [b"abc", b"hello"]
+    assert server_log.heads == client_log.heads == [[("x-a", "1"), ("x-a", "2")]]
+
+
+async def test_the_observer_sees_websocket_messages_and_closes_both_ways() -> None:
+    server_log, client_log = Recorder(), Recorder()
+    async with paired(
+        server_kwargs={"observer": server_log}, client_kwargs={"observer": client_log}
+    ) as (server, client, _, _):
+        stream_id = server.conn.open_stream(
+            method="GET", path="/ws", kind=StreamKind.WEBSOCKET, end_stream=True
+        )
+        channel = StreamChannel(server, stream_id, method="GET", path="/ws")
+        server.register(channel)
+        server.flush()
+        remote = await asyncio.wait_for(client.opened.get(), 5)
+        await remote.send_response(101, [])
+        assert isinstance(await asyncio.wait_for(channel.next(), 5), Response)
+        await channel.send_websocket(b"ping", text=True)
+        assert await asyncio.wait_for(remote.next(), 5) == WebSocketData(stream_id, b"ping", True)
+        await remote.send_websocket(b"\x00\x01", text=False, fin=False)
+        await remote.send_websocket(b"\x02", text=False)
+        await asyncio.wait_for(channel.next(), 5)
+        await asyncio.wait_for(channel.next(), 5)
+        remote.send_websocket_close(4000, "bye")
+        assert await asyncio.wait_for(channel.next(), 5) == WebSocketClose(
+            stream_id=stream_id, code=4000, reason="bye"
+        )
+        client.finish(remote)
+        server.finish(channel)
+    assert client_log.websocket == [
+        ("received", b"ping", True, True),
+        ("sent", b"\x00\x01", False, False),
+        ("sent", b"\x02", False, True),
+        ("close sent", 4000, True, False),
+        ("reason", "bye", True, False),
+    ]
+    assert server_log.websocket == [
+        ("sent", b"ping", True, True),
+        ("received", b"\x00\x01", False, False),
+        ("received", b"\x02", False, True),
+        ("close received", 4000, False, False),
+        ("reason", "bye", False, False),
+    ]
+
+
+async def test_stream_observers_hand_each_event_to_each_observer_in_order() -> None:
+    first, second = Recorder(), Recorder()
+    order: list[str] = []
+
+    class Tagged(StreamObserver):
+        def __init__(self, tag: str) -> None:
+            self.tag = tag
+
+        def stream_ended(self, channel: StreamChannel) -> None:
+            order.append(self.tag)
+
+    fan_out = StreamObservers(first, second, Tagged("a"), Tagged("b"))
+    async with paired(client_kwargs={"observer": fan_out}) as (server, client, _, _):
+        channel = open_stream(server)
+        await channel.send_data(b"abc", end_stream=True)
+        remote = await asyncio.wait_for(client.opened.get(), 5)
+        assert await read_body(remote) == b"abc"
+        await remote.send_response(200, [])
+        await remote.send_data(b"ok", end_stream=True)
+        client.finish(remote)
+    assert (
+        first.events
+        == second.events
+        == [
+            ("open", 1),
+            ("received", 3),
+            ("head", 200),
+            ("sent", 2),
+            ("end", 200),
+        ]
+    )
+    assert order == ["a", "b"]
 
 
 async def test_finishing_an_open_stream_cancels_it_at_the_peer() -> None:

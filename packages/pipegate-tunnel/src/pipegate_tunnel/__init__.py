@@ -9,7 +9,7 @@ See ``docs/architecture.md``.
 """
 
 from ._channel import StreamChannel
-from ._observer import StreamObserver
+from ._observer import StreamObserver, StreamObservers
 from ._process import GC_YOUNG_THRESHOLD, tune_gc
 from ._shell import CLOSE_TIMEOUT, HIGH_WATER, LOW_WATER, Heartbeat, TunnelShell
 from ._transport import MessageTransport
@@ -49,6 +49,7 @@ __all__: list[str] = [
     "PartialFrame",
     "StreamChannel",
     "StreamObserver",
+    "StreamObservers",
     "TunnelShell",
     "apply_mask",
     "client_frame",

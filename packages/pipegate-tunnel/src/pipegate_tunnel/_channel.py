@@ -51,6 +51,7 @@ class StreamChannel:
         "outcome",
         "path",
         "response_at",
+        "response_headers",
         "shell",
         "status",
         "stream_id",
@@ -78,6 +79,8 @@ class StreamChannel:
         self._drain_first = False
         #: The response status once the head passed (sent or received).
         self.status: int | None = None
+        #: The response head's headers once it passed, in wire order (for observers).
+        self.response_headers: Sequence[tuple[str, str]] = ()
         #: How the stream ended, in a few words, when not simply complete (set by
         #: its user, for observers: "reset by server", "caller gone", ...).
         self.outcome = ""
@@ -159,7 +162,7 @@ class StreamChannel:
         self._check_open()
         self.shell.conn.send_response(self.stream_id, status, headers, end_stream=end_stream)
         if status >= 200 or status == 101:
-            self.head_passed(status)
+            self.head_passed(status, headers)
 
     async def send_response(
         self, status: int, headers: Sequence[tuple[str, str]], *, end_stream: bool = False
@@ -168,9 +171,10 @@ class StreamChannel:
         self.queue_response(status, headers, end_stream=end_stream)
         await self.flush()
 
-    def head_passed(self, status: int) -> None:
-        """Record the response status (and tell the observer)."""
+    def head_passed(self, status: int, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Record the response status and headers (and tell the observer)."""
         self.status = status
+        self.response_headers = headers
         self.response_at = self.shell.loop.time()
         observer = self.shell.observer
         if observer is not None:
@@ -206,6 +210,9 @@ class StreamChannel:
         if shell.closed:
             return
         shell.conn.send_websocket_close(self.stream_id, code, reason)
+        observer = shell.observer
+        if observer is not None:
+            observer.websocket_close(self, code, reason, sent=True)
         shell.flush()
 
     def reset(self, code: ResetCode, message: str = "") -> None:
@@ -279,11 +286,11 @@ class StreamChannel:
             if text is None:
                 conn.send_data(stream_id, chunk, end_stream=end and last)
                 if observer is not None:
-                    observer.body(self, size, sent=True)
+                    observer.body(self, chunk, sent=True)
             else:
                 conn.send_websocket_data(stream_id, chunk, text=text, fin=end and last)
                 if observer is not None:
-                    observer.websocket_message(self, size, sent=True)
+                    observer.websocket_message(self, chunk, sent=True, text=text, fin=end and last)
             self.bytes_sent += size
             shell.flush()
             if self.failure is not None:  # the transport broke under that write

@@ -235,7 +235,7 @@ class TunnelShell:
             if channel is not None:
                 channel.bytes_received += len(message.data)
                 if observer is not None:
-                    observer.body(channel, len(message.data), sent=False)
+                    observer.body(channel, message.data, sent=False)
                 channel.deliver(message)
         elif isinstance(message, WindowUpdate):
             channel = self._channels.get(message.stream_id)
@@ -247,18 +247,22 @@ class TunnelShell:
             channel = self._channels.get(message.stream_id)
             if channel is not None:
                 if message.status >= 200 or message.status == 101:
-                    channel.head_passed(message.status)
+                    channel.head_passed(message.status, message.headers)
                 channel.deliver(message)
         elif isinstance(message, WebSocketData):
             channel = self._channels.get(message.stream_id)
             if channel is not None:
                 channel.bytes_received += len(message.data)
                 if observer is not None:
-                    observer.websocket_message(channel, len(message.data), sent=False)
+                    observer.websocket_message(
+                        channel, message.data, sent=False, text=message.text, fin=message.fin
+                    )
                 channel.deliver(message)
         elif isinstance(message, WebSocketClose):
             channel = self._channels.get(message.stream_id)
             if channel is not None:
+                if observer is not None:
+                    observer.websocket_close(channel, message.code, message.reason, sent=False)
                 channel.deliver(message)
         elif isinstance(message, Reset):
             channel = self._channels.get(message.stream_id)
