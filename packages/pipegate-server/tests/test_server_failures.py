@@ -190,7 +190,8 @@ async def test_head_204_304_and_duplicate_set_cookie(server: Any, pg: Any) -> No
     assert no_content.content == b""
     assert not_modified.status_code == 304
     assert not_modified.headers["etag"] == '"a"'
-    assert cookies.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    # Two stay two, in order; each gets the tunnel's Path (the _rewrite rules).
+    assert cookies.headers.get_list("set-cookie") == ["a=1; Path=/node/", "b=2; Path=/node/"]
     assert cookies.content == b"ok"
 
 

@@ -40,6 +40,7 @@ from pipegate_protocol import (
 
 from ._asgi import PEER, Receive, Scope, Send
 from ._registry import TunnelDirectory
+from ._rewrite import rewrite_response_headers
 from ._routing import Route
 from ._settings import ServerSettings
 from ._tunnel import RelayChannel, Tunnel
@@ -436,7 +437,7 @@ class Relay:
         else:
             channel.request_done = True
         try:
-            await self._respond(scope, send, tunnel, channel, start_pump)
+            await self._respond(scope, send, route, tunnel, channel, start_pump)
         finally:
             if pump:
                 pump[0].cancel()
@@ -447,6 +448,7 @@ class Relay:
         self,
         scope: Scope,
         send: Send,
+        route: Route,
         tunnel: Tunnel,
         channel: RelayChannel,
         start_pump: Callable[[], None],
@@ -463,9 +465,13 @@ class Relay:
             await send_plain(send, exc.status, str(exc), headers=extra)
             return
         status = head.status
+        # The local app's view of paths and cookies, confined to the tunnel's (_rewrite).
+        headers = rewrite_response_headers(
+            strip_hop_by_hop(head.headers), route.public_prefix, route.local_path
+        )
         out_headers = [
             (name.encode("latin-1"), value.encode("latin-1"))
-            for name, value in strip_hop_by_hop(head.headers)
+            for name, value in headers
             if not (status in _NO_BODY_STATUSES and name.lower() == "content-length")
         ]
         if head.end_stream:
@@ -636,7 +642,7 @@ class Relay:
             await deny_websocket(scope, send, exc.status, str(exc), _error_headers(exc))
             return
         try:
-            await self._websocket_session(scope, receive, send, tunnel, channel)
+            await self._websocket_session(scope, receive, send, route, tunnel, channel)
         finally:
             tunnel.finish(channel)
             self._release_caller(connection_id, caller)
@@ -646,6 +652,7 @@ class Relay:
         scope: Scope,
         receive: Receive,
         send: Send,
+        route: Route,
         tunnel: Tunnel,
         channel: RelayChannel,
     ) -> None:
@@ -656,11 +663,14 @@ class Relay:
             await deny_websocket(scope, send, exc.status, str(exc), _error_headers(exc))
             return
         if head.status != 101:
-            await self._relay_refusal(scope, send, tunnel, channel, head)
+            await self._relay_refusal(scope, send, route, tunnel, channel, head)
             return
         subprotocol: str | None = None
         extra: list[tuple[bytes, bytes]] = []
-        for name, value in strip_hop_by_hop(head.headers):
+        accept = rewrite_response_headers(
+            strip_hop_by_hop(head.headers), route.public_prefix, route.local_path
+        )
+        for name, value in accept:
             lowered = name.lower()
             if lowered == "sec-websocket-protocol":
                 subprotocol = value.strip() or None
@@ -685,6 +695,7 @@ class Relay:
         self,
         scope: Scope,
         send: Send,
+        route: Route,
         tunnel: Tunnel,
         channel: RelayChannel,
         head: Response,
@@ -701,9 +712,12 @@ class Relay:
                 body += item.data
                 channel.acknowledge(len(item.data))
                 ended = item.end_stream
+        refusal = rewrite_response_headers(
+            strip_hop_by_hop(head.headers), route.public_prefix, route.local_path
+        )
         headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in strip_hop_by_hop(head.headers)
+            for name, value in refusal
             if name.lower() != "content-length"
         ]
         await send(
