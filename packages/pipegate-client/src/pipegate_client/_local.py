@@ -15,6 +15,13 @@ decode them: ``.`` and ``%2e`` (any case), with ``/``, ``%2f`` and ``\\`` (raw o
 ``%5c``) as separators. A path that stays below the prefix is sent as it came (the
 local app resolves ``/a/../b`` itself), and without a path in ``--local-url`` nothing
 is checked: there is nothing above the local app's root to reach.
+
+One thing is changed in an answer, the ``Location`` header, because the local app can
+only name its own origin (it is sent ``Host: <local authority>``) while the caller is
+somewhere else (:func:`tunnel_location`): an absolute URL of the local URL's origin
+below its path, or an absolute path below its path, becomes the absolute path the
+tunnel serves it at. The server then puts the public prefix in front in path routing
+(its ``_rewrite`` module), so the two compose in both routing modes.
 """
 
 from __future__ import annotations
@@ -33,7 +40,14 @@ from ._settings import ClientSettings
 from ._stream import LocalStream, StreamGone
 from .errors import LocalAppError, LocalConnectError, LocalPathError
 
-__all__ = ["LocalApp", "climbs_above_root", "relay_http", "send_plain_error", "wire_str"]
+__all__ = [
+    "LocalApp",
+    "climbs_above_root",
+    "relay_http",
+    "send_plain_error",
+    "tunnel_location",
+    "wire_str",
+]
 
 logger = logging.getLogger("pipegate_client")
 
@@ -80,6 +94,76 @@ def climbs_above_root(path: str) -> bool:
         elif segment and segment != ".":
             depth += 1
     return False
+
+
+def _below_base(target: str, base_path: str) -> str | None:
+    """``target`` (path, query, fragment) without ``base_path`` in front, as an absolute
+    path; ``None`` when ``target`` is not ``base_path`` itself or below it."""
+    if not base_path:
+        return target
+    if not target.startswith(base_path):
+        return None
+    rest = target[len(base_path) :]
+    if not rest:
+        return "/"
+    if rest[0] == "/":
+        return rest
+    if rest[0] in "?#":
+        return "/" + rest
+    return None  # /apple is not below /app
+
+
+def tunnel_location(value: str, origin: Origin, base_path: str) -> str:
+    """A ``Location`` value of the local app as the tunnel should pass it on.
+
+    * An absolute URL of the local app's own origin (``origin``: same scheme, host
+      case-insensitively, port with the scheme's default filled in; no userinfo)
+      whose path is ``base_path`` or below it becomes the absolute path after
+      ``base_path`` (``http://127.0.0.1:5001/app/sub?q=1`` → ``/sub?q=1`` for a local
+      URL ``http://127.0.0.1:5001/app``; the base path itself → ``/``).
+    * With a non-empty ``base_path``, an absolute path below it loses it the same way
+      (``/app/sub`` → ``/sub``).
+
+    Everything else is returned as it is: other origins, relative and network-path
+    references (``//host/x``: its scheme would be the caller's), and paths of the
+    local origin outside ``base_path``, which the tunnel cannot reach. Never raises.
+    """
+    if value.startswith("/"):
+        if not base_path or value.startswith("//"):
+            return value
+        below = _below_base(value, base_path)
+        return value if below is None else below
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() != origin.scheme:
+        return value
+    end = len(rest)
+    for delimiter in "/?#":
+        found = rest.find(delimiter, 0, end)
+        if found != -1:
+            end = found
+    authority, target = rest[:end], rest[end:]
+    if "@" in authority:
+        return value
+    if authority.startswith("["):
+        close = authority.find("]")
+        host, port_text = authority[1:close], authority[close + 1 :]
+        if close == -1 or (port_text and port_text[0] != ":"):
+            return value
+        port_text = port_text[1:]
+    else:
+        host, _, port_text = authority.partition(":")
+    if host.lower() != origin.host:
+        return value
+    if port_text:
+        if not (port_text.isascii() and port_text.isdigit()):
+            return value
+        port = int(port_text)
+    else:
+        port = 443 if origin.scheme == "https" else 80
+    if port != origin.port:
+        return value
+    below = _below_base(target if target.startswith("/") else "/" + target, base_path)
+    return value if below is None else below
 
 
 class LocalApp:
@@ -146,6 +230,19 @@ class LocalApp:
         if self.base_path and climbs_above_root(path):
             raise LocalPathError(f"the path climbs above {self.base_path} of the local URL")
         return self.websocket_base + wire_str(path) + ("?" + wire_str(query) if query else "")
+
+    def tunnel_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``headers`` of an answer with :func:`tunnel_location` applied to ``Location``;
+        ``headers`` itself when nothing changed (it is never modified)."""
+        out: list[tuple[str, str]] | None = None
+        for index, (name, value) in enumerate(headers):
+            if len(name) == 8 and name.lower() == "location":
+                new = tunnel_location(value, self._origin, self.base_path)
+                if new != value:
+                    if out is None:
+                        out = list(headers)
+                    out[index] = (name, new)
+        return headers if out is None else out
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS settings for an https:// local URL (system roots), else ``None``."""
@@ -224,8 +321,10 @@ async def send_plain_error(channel: LocalStream, status: int, reason: str) -> No
 
 async def _relay_response(channel: LocalStream, response: HTTP1Response, app: LocalApp) -> None:
     status = response.status
-    headers = strip_hop_by_hop(
-        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers]
+    headers = app.tunnel_headers(
+        strip_hop_by_hop(
+            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.headers]
+        )
     )
     no_body = channel.open.method == "HEAD" or status in (204, 304)
     if status < 200:

@@ -102,11 +102,14 @@ async def relay_websocket(channel: LocalStream, app: LocalApp, connection_id: st
             refusal = exc.response
             body = bytes(refusal.body or b"")
             channel.outcome = "websocket refused"
-            headers = [
-                (name, value)
-                for name, value in strip_hop_by_hop(list(refusal.headers.raw_items()))
-                if name.lower() not in _HANDSHAKE_RESPONSE_HEADERS
-            ]
+            # A redirect is a refusal too: its Location is made the tunnel's, as for HTTP.
+            headers = app.tunnel_headers(
+                [
+                    (name, value)
+                    for name, value in strip_hop_by_hop(list(refusal.headers.raw_items()))
+                    if name.lower() not in _HANDSHAKE_RESPONSE_HEADERS
+                ]
+            )
             headers.append(("content-length", str(len(body))))
             await channel.send_response(refusal.status_code, headers, end_stream=not body)
             if body:
