@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import ssl
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -18,11 +18,14 @@ from pipegate_protocol import (
     ProtocolVersion,
     public_url_for,
 )
+from pipegate_tunnel import StreamObserver, StreamObservers
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from ._backoff import Backoff
+from ._inspect import Inspector
 from ._internals import TunnelConnection, connect_no_redirect
 from ._local import LocalApp
+from ._logging import RequestLog
 from ._settings import ClientSettings
 from ._text import printable
 from ._transport import GuardedClientConnection, PlainTunnelConnection
@@ -87,6 +90,8 @@ class TunnelClient:
         #: Set when the session showed the URL is no tunnel endpoint; run() raises it.
         self._fatal: HandshakeRefusedError | None = None
         self._warned_plain = False
+        #: The request inspector, while :meth:`run` runs with one (``settings.inspect``).
+        self.inspector: Inspector | None = None
 
     # ------------------------------------------------------------ control
 
@@ -110,7 +115,7 @@ class TunnelClient:
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; see the class docstring for what it raises."""
-        async with LocalApp(self.settings) as local:
+        async with LocalApp(self.settings) as local, self._inspecting(local):
             while not self._stopping.is_set():
                 try:
                     websocket = await self._until_stopped(self._connect())
@@ -120,7 +125,11 @@ class TunnelClient:
                 if websocket is None:
                     break
                 session = TunnelSession(
-                    websocket, self.settings, local, on_established=self._established
+                    websocket,
+                    self.settings,
+                    local,
+                    on_established=self._established,
+                    observer=self._observer(),
                 )
                 self._session = session
                 if self._stopping.is_set():
@@ -141,6 +150,45 @@ class TunnelClient:
                     f"{': ' + printable(outcome.reason) if outcome.reason else ''})"
                 )
         logger.info("[%s] stopped", self.connection_id)
+
+    @contextlib.asynccontextmanager
+    async def _inspecting(self, local: LocalApp) -> AsyncIterator[None]:
+        """Run the request inspector meanwhile, when the settings ask for one."""
+        settings = self.settings
+        if settings.inspect is None:
+            yield
+            return
+        inspector = Inspector(
+            settings.inspect,
+            local,
+            connection_id=self.connection_id,
+            local_url=settings.local_url,
+            max_exchanges=settings.inspect_max_requests,
+            body_cap=settings.inspect_body_cap,
+            total_cap=settings.inspect_total_cap,
+        )
+        try:
+            url = await inspector.start()
+        except ConfigurationError as exc:
+            if not settings.inspect_optional:
+                raise
+            logger.warning("[%s] no inspector: %s", self.connection_id, exc)
+            yield
+            return
+        logger.info("[%s] inspector: %s", self.connection_id, url)
+        self.inspector = inspector
+        try:
+            yield
+        finally:
+            self.inspector = None
+            await inspector.aclose()
+
+    def _observer(self) -> StreamObserver | None:
+        """The sessions' stream observer: the request log, and the inspector's recorder
+        when there is one (``None``: the session's default, the request log alone)."""
+        if self.inspector is None:
+            return None
+        return StreamObservers(RequestLog(self.connection_id, logger), self.inspector.recorder)
 
     async def _until_stopped(
         self, coro: Coroutine[Any, Any, TunnelConnection | PlainTunnelConnection]
@@ -272,11 +320,15 @@ class TunnelClient:
         url = printable(hello.public_url or public_url_for(self.settings.server_url))
         self.public_url = url
         self.sessions_established += 1
+        inspector = self.inspector
+        if inspector is not None:
+            inspector.public_url = url
         logger.info(
-            "[%s] tunnel established: %s -> %s",
+            "[%s] tunnel established: %s -> %s%s",
             self.connection_id,
             url,
             self.settings.local_url,
+            f" (inspector {inspector.url})" if inspector is not None else "",
         )
         output = self._output if self._output is not None else sys.stdout
         print(url, file=output, flush=True)

@@ -80,6 +80,17 @@ class ClientSettings:
     #: which reads websockets' internals); False uses its public API only
     #: (``--no-fast-path``).
     fast_path: bool = True
+    #: Where the request inspector listens (``host:port``; port 0: any free port);
+    #: ``None``: no inspector. The command line defaults to ``127.0.0.1:4040``; a
+    #: client built in code has none unless asked. A taken port makes it try the next
+    #: few; with ``inspect_optional`` the client runs without it when none is free.
+    inspect: str | None = None
+    inspect_optional: bool = False
+    #: The inspector's memory bound: exchanges kept, body bytes kept per body and in
+    #: total (see ``pipegate_client._inspect._recorder``).
+    inspect_max_requests: int = 200
+    inspect_body_cap: int = 64 * 1024
+    inspect_total_cap: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         # HS-1: the tunnel endpoint is exactly /<id>; "wss://h/node/" would otherwise
@@ -123,6 +134,14 @@ class ClientSettings:
             _ = self.limits
         except ValueError as exc:
             raise ConfigurationError(f"invalid limits: {exc}") from None
+        if self.inspect is not None:
+            from ._inspect import parse_address  # raises ConfigurationError
+
+            parse_address(self.inspect)
+        if self.inspect_max_requests < 1:
+            raise ConfigurationError("inspect_max_requests must be at least 1")
+        if self.inspect_body_cap < 0 or self.inspect_total_cap < 0:
+            raise ConfigurationError("the inspector's caps must not be negative")
 
     @property
     def connection_id(self) -> str:

@@ -22,6 +22,7 @@ from pipegate_tunnel import GC_YOUNG_THRESHOLD as GC_YOUNG_THRESHOLD
 from pipegate_tunnel import tune_gc as tune_gc
 
 from ._client import TunnelClient
+from ._inspect import DEFAULT_INSPECT_ADDRESS, PORT_ATTEMPTS
 from ._logging import LineFormatter, TurnBufferedHandler
 from ._settings import DEFAULT_LOCAL_URL, ClientSettings
 from ._text import printable
@@ -117,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
         "the batched connection that reads its internals; slower, for diagnosis and for "
         "websockets versions the fast path was not tested with",
     )
+    inspect = parser.add_mutually_exclusive_group()
+    inspect.add_argument(
+        "--inspect",
+        metavar="ADDR",
+        default=os.environ.get("PIPEGATE_INSPECT"),
+        help="serve the request inspector (live requests, replay) on ADDR, host:port "
+        f"(env PIPEGATE_INSPECT; default {DEFAULT_INSPECT_ADDRESS}, loopback only); a taken "
+        f"port makes it try the next {PORT_ATTEMPTS - 1}; port 0 takes any free port",
+    )
+    inspect.add_argument(
+        "--no-inspect",
+        dest="no_inspect",
+        action="store_true",
+        help="no request inspector",
+    )
     parser.add_argument(
         "--log-level",
         default=os.environ.get("PIPEGATE_LOG_LEVEL", "info"),
@@ -158,6 +174,10 @@ def settings_from_args(args: argparse.Namespace) -> ClientSettings:
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
         fast_path=args.fast_path,
+        inspect=None if args.no_inspect else (args.inspect or DEFAULT_INSPECT_ADDRESS),
+        # Only the default address may be given up for (with a warning): the tunnel
+        # matters more than the inspector, and many clients may run on one machine.
+        inspect_optional=not args.inspect,
     )
 
 
