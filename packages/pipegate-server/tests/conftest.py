@@ -226,11 +226,12 @@ async def fake_client(
     token: str = TOKEN,
     max_streams: int = 128,
     websocket: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[FakeClient]:
     ws = await connect(
         server.ws_url(connection_id),
         subprotocols=[ProtocolVersion.V1.value],  # type: ignore[list-item]
-        additional_headers={"Authorization": f"Bearer {token}"},
+        additional_headers={"Authorization": f"Bearer {token}", **(headers or {})},
         compression=None,
         max_size=None,
     )

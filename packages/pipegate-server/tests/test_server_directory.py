@@ -33,14 +33,16 @@ BOB = Credential(label="bob", digest=b"b" * 32)
 
 @dataclass(eq=False)
 class StubTunnel:
-    """What a directory reads of a tunnel: its id and its credential."""
+    """What a directory reads of a tunnel: its id, credential and hostnames."""
 
     connection_id: str
     credential: Credential = ALICE
+    hostnames: tuple[str, ...] = ()
+    comes_back: bool = True
 
 
-def _t(connection_id: str, credential: Credential = ALICE) -> Any:
-    return StubTunnel(connection_id, credential)
+def _t(connection_id: str, credential: Credential = ALICE, hostnames: tuple[str, ...] = ()) -> Any:
+    return StubTunnel(connection_id, credential, hostnames)
 
 
 # ---------------------------------------------------------------------- TunnelRegistry
@@ -171,6 +173,13 @@ class SharedDirectoryDouble:
 
     def running(self) -> Iterator[Tunnel]:
         return iter(list(self.alive))
+
+    def owner_of(self, hostname: str) -> Tunnel | None:
+        self.calls.append(("owner_of", hostname))
+        return next((t for t in self.local.values() if hostname in t.hostnames), None)
+
+    def offline(self, *, connection_id: str = "", hostname: str = "") -> float:
+        return -1.0
 
     async def claim(self, tunnel: Tunnel, *, limit: int = 0) -> Claim:
         self.calls.append(("claim", (tunnel.connection_id, limit)))

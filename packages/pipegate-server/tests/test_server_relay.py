@@ -58,7 +58,11 @@ async def test_a_trusted_proxy_s_forwarded_headers_are_kept_and_its_address_appe
 
 async def test_root_of_id_is_slash_and_body_echoes(server: Any, pg: Any) -> None:
     async with pg.fake_client(server, "node", pg.echo_handler), httpx.AsyncClient() as http:
-        response = await http.request("PROPFIND", f"{server.base}/node", content=b"hello")
+        bare = await http.request("PROPFIND", f"{server.base}/node?a=1", content=b"hello")
+        response = await http.request("PROPFIND", f"{server.base}/node/", content=b"hello")
+    # RT-1: the bare id is redirected (308 keeps the method and body) to the id's root.
+    assert bare.status_code == 308
+    assert bare.headers["location"] == "/node/?a=1"
     assert response.status_code == 200
     info = json.loads(response.headers["x-echo"])
     assert info["method"] == "PROPFIND"

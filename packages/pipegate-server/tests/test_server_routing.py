@@ -7,6 +7,7 @@ docstring (the inline split it replaced against ``PathRouter.route``).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -40,7 +41,6 @@ def test_path_router_is_a_router() -> None:
     [
         (b"/node/api/items", Route(RouteKind.RELAY_HTTP, "node", "/api/items")),
         (b"/node/", Route(RouteKind.RELAY_HTTP, "node", "/")),
-        (b"/node", Route(RouteKind.RELAY_HTTP, "node", "/")),
         (b"/a-B_9/x/y/", Route(RouteKind.RELAY_HTTP, "a-B_9", "/x/y/")),
         (b"/node//double", Route(RouteKind.RELAY_HTTP, "node", "//double")),
         (b"/" + b"x" * 64 + b"/p", Route(RouteKind.RELAY_HTTP, "x" * 64, "/p")),
@@ -102,7 +102,8 @@ def test_websocket_below_the_id_is_relayed() -> None:
 
 
 def test_slash_after_the_id_decides_tunnel_or_relay_only_for_websockets() -> None:
-    assert ROUTER.route(_scope("http", b"/node")) == ROUTER.route(_scope("http", b"/node/"))
+    # RT-1: an HTTP request to the bare id is redirected to the id with a slash.
+    assert ROUTER.route(_scope("http", b"/node")) == Route(RouteKind.REDIRECT_SLASH, "node")
     assert ROUTER.route(_scope("websocket", b"/node")).kind is RouteKind.TUNNEL
     assert ROUTER.route(_scope("websocket", b"/node/")).kind is RouteKind.RELAY_WEBSOCKET
 
@@ -213,6 +214,11 @@ class SubdomainRouter:
     def public_url(self, scope: Scope, connection_id: str) -> str:
         return f"http://{connection_id}.tunnels.test"
 
+    def public_urls(
+        self, scope: Scope, connection_id: str, hostnames: Sequence[str] = ()
+    ) -> list[str]:
+        return [self.public_url(scope, connection_id) + "/"]
+
 
 async def test_gateway_dispatches_on_another_router(
     pg: Any, monkeypatch: pytest.MonkeyPatch
@@ -220,7 +226,7 @@ async def test_gateway_dispatches_on_another_router(
     # conftest's start_server builds the app with the default router: make that
     # default this one (test_server_directory passes a directory to create_app).
     router = SubdomainRouter()
-    monkeypatch.setattr(pipegate_server._app, "PathRouter", lambda public_url: router)
+    monkeypatch.setattr(pipegate_server._app, "HostRouter", lambda domains, directory, path: router)
     async with (
         pg.start_server() as server,
         pg.fake_client(server, "node", pg.echo_handler) as client,
@@ -263,7 +269,7 @@ def _inline_split(scope: dict[str, Any]) -> tuple[str, str]:
 
 
 def test_inline_split_and_router_agree() -> None:
-    for raw in (b"/node/api/items", b"/node", b"/x/y%20z/\xff"):
+    for raw in (b"/node/api/items", b"/node/", b"/x/y%20z/\xff"):
         route = ROUTER.route(_scope("http", raw))
         assert _inline_split(_scope("http", raw)) == (route.connection_id, route.local_path)
 

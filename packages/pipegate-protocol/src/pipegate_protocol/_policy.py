@@ -159,7 +159,8 @@ def forwarding_headers(
     ``forwarded_for`` are the values of the X-Forwarded-For headers the request
     arrived with (in order), ``peer`` the address it arrived from; ``scheme`` is
     ``http`` or ``https``; ``host`` the Host the caller sent (none: no
-    X-Forwarded-Host); ``prefix`` the path prefix, ``/<connection_id>``.
+    X-Forwarded-Host); ``prefix`` the path prefix, ``/<connection_id>`` (``""`` in
+    host routing, RT-2: no X-Forwarded-Prefix).
     """
     chain = [*forwarded_for, peer] if peer else list(forwarded_for)
     headers: list[tuple[str, str]] = []
@@ -168,7 +169,8 @@ def forwarding_headers(
     headers.append(("x-forwarded-proto", scheme))
     if host:
         headers.append(("x-forwarded-host", host))
-    headers.append(("x-forwarded-prefix", prefix))
+    if prefix:
+        headers.append(("x-forwarded-prefix", prefix))
     return headers
 
 

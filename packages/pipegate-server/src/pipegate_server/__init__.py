@@ -24,6 +24,7 @@ from .errors import (
     TunnelBusyError,
     TunnelClosedError,
     TunnelNotFoundError,
+    TunnelOfflineError,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "TunnelClosedError",
     "TunnelDirectory",
     "TunnelNotFoundError",
+    "TunnelOfflineError",
     "TunnelRegistry",
     "__version__",
     "create_app",

@@ -9,9 +9,11 @@ the gateway's :class:`~._registry.TunnelDirectory` (by default the in-process
 :class:`~._registry.TunnelRegistry`).
 
 The tunnel endpoint checks the id's syntax (404), the token (401 missing, 403 wrong
-or not allowed for this id), the protocol version (400), the per-token tunnel limit
-(429) and whether the id is taken (409) — all before accepting, answering with a
-real HTTP response and one log line that never contains the token.
+or not allowed for this id), the hostnames the client asks for (400 invalid, 403 not
+granted; RT-4), whether the id can be a hostname label when the server routes by
+hostname (400; RT-3), the protocol version (400), the per-token tunnel limit (429)
+and whether the id or one of its hostnames is taken (409) — all before accepting,
+answering with a real HTTP response and one log line that never contains the token.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from pipegate_protocol import (
     CloseCode,
     GoAwayReason,
     extract_client_token,
+    is_dns_label,
     is_valid_connection_id,
+    label_for,
     negotiate_version,
+    requested_hostnames,
 )
 from pipegate_tunnel import StreamObserver
 
@@ -39,8 +44,8 @@ from ._asgi import Receive, Scope, Send
 from ._auth import Authenticator, FailureTracker, load_tokens_file
 from ._direct import DIRECT_EXTENSION
 from ._registry import Claim, TunnelDirectory, TunnelRegistry
-from ._relay import Relay, deny_websocket, send_plain
-from ._routing import PathRouter, RouteKind, Router
+from ._relay import Relay, deny_websocket, offline_headers, send_plain
+from ._routing import HostRoute, HostRouter, PathRouter, Route, RouteKind, Router
 from ._settings import ServerSettings
 from ._tunnel import Tunnel
 from .errors import ConfigurationError, ServerError, TooManyFailuresError
@@ -61,6 +66,7 @@ _SERVER = RouteKind.SERVER
 _TUNNEL = RouteKind.TUNNEL
 _RELAY_HTTP = RouteKind.RELAY_HTTP
 _RELAY_WEBSOCKET = RouteKind.RELAY_WEBSOCKET
+_REDIRECT_SLASH = RouteKind.REDIRECT_SLASH
 
 
 def _read_token_file(settings: ServerSettings) -> str | None:
@@ -83,7 +89,8 @@ class Gateway:
     ``create_app`` puts one on ``app.state.gateway``; the command line uses it to
     drain on SIGTERM (:meth:`drain`) and to re-read credentials on SIGHUP
     (:meth:`reload`). ``router`` decides where requests go and names tunnels'
-    public URLs (default: :class:`PathRouter` with ``settings.public_url``);
+    public URLs (default: :class:`HostRouter` for ``settings.domains`` in front of a
+    :class:`PathRouter` with ``settings.public_url``);
     ``directory`` holds the tunnels, the per-token limits and the bad-token budget
     (default: an in-process :class:`TunnelRegistry` with
     ``settings.bad_token_budget``). ``registry`` is the directory under its old name.
@@ -100,13 +107,18 @@ class Gateway:
         self.settings = settings
         #: Sees every stream of tunnels connected from now on (none by default).
         self.observer = observer
-        self.router: Router = router if router is not None else PathRouter(settings.public_url)
         if directory is None:
             directory = TunnelRegistry(
                 FailureTracker(
                     settings.bad_token_budget, max_concurrent=settings.max_failing_handshakes
-                )
+                ),
+                offline_grace=settings.offline_grace,
             )
+        self.router: Router = (
+            router
+            if router is not None
+            else HostRouter(settings.domains, directory, PathRouter(settings.public_url))
+        )
         self.directory: TunnelDirectory = directory
         self.registry: TunnelDirectory = directory
         self.relay = Relay(settings, directory)
@@ -145,8 +157,13 @@ class Gateway:
         revoked = 0
         for tunnel in self.directory.running():
             credential = self.authenticator.current(tunnel.credential.digest)
-            if credential is None or not credential.allows(tunnel.connection_id):
+            if (
+                credential is None
+                or not credential.allows(tunnel.connection_id)
+                or not all(credential.allows_hostname(name) for name in tunnel.custom_hostnames)
+            ):
                 revoked += 1
+                tunnel.comes_back = False
                 tunnel.goaway(GoAwayReason.TOKEN_REVOKED, "the token was revoked")
                 tunnel.close(CloseCode.TOKEN_REVOKED, "token revoked")
         logger.info("credentials reloaded: %d tunnel(s) closed for revoked tokens", revoked)
@@ -226,6 +243,28 @@ class Gateway:
         if not credential.allows(connection_id):
             await refuse(403, f"this token may not claim connection id {connection_id!r}")
             return
+        try:
+            custom = requested_hostnames(headers)
+        except ValueError as exc:
+            await refuse(400, f"bad PipeGate-Hostname: {exc}")
+            return
+        for name in custom:
+            if not credential.allows_hostname(name):
+                await refuse(403, f"this token may not claim hostname {name!r}")
+                return
+        domains = self.settings.domains
+        if domains and not is_dns_label(connection_id):
+            await refuse(
+                400,
+                f"connection id {connection_id!r} cannot be a hostname label (this server "
+                "routes by hostname): use 1-63 letters, digits and hyphens, not at either end",
+            )
+            return
+        hostnames = list(custom)
+        for domain in domains:
+            name = f"{label_for(connection_id)}.{domain}"
+            if name not in hostnames:
+                hostnames.append(name)
         negotiated = negotiate_version(scope.get("subprotocols") or ())
         if negotiated is None:
             offered = ", ".join(v.value for v in KNOWN_VERSIONS)
@@ -252,10 +291,25 @@ class Gateway:
             agent=self.agent,
             direct=(scope.get("extensions") or {}).get(DIRECT_EXTENSION),
             observer=self.observer,
+            hostnames=hostnames,
+            custom_hostnames=custom,
+            public_urls=self.router.public_urls(scope, connection_id, hostnames),
         )
         claim = await self.directory.claim(tunnel, limit=limit)
         if claim is Claim.LIMIT_REACHED:
             await refuse(429, f"this token already has {limit} tunnel(s) connected")
+            return
+        if claim is Claim.HOSTNAME_TAKEN:
+            taken = next(
+                (name for name in hostnames if self.directory.owner_of(name) is not None),
+                "",
+            )
+            await refuse(
+                409,
+                f"hostname {taken!r} is held by another tunnel"
+                if taken
+                else "one of this tunnel's hostnames is held by another tunnel",
+            )
             return
         if claim is not Claim.CLAIMED:
             await refuse(409, f"connection id {connection_id!r} is already connected")
@@ -266,16 +320,55 @@ class Gateway:
             self.directory.forget(tunnel)
             return
         logger.info(
-            "tunnel connected: id=%s addr=%s credential=%s",
+            "tunnel connected: id=%s addr=%s credential=%s hostnames=%s",
             connection_id,
             address,
             credential.label,
+            ",".join(hostnames) or "-",
         )
         try:
             await tunnel.run()
         finally:
             self.directory.forget(tunnel)
             logger.info("tunnel ended: id=%s", connection_id)
+
+    async def not_found(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+        """No tunnel serves ``route``: 503 while its id or hostname is offline (RT-6),
+        404 otherwise, both with a one-line reason."""
+        hostname = route.hostname if isinstance(route, HostRoute) else ""
+        if hostname:
+            age = self.directory.offline(hostname=hostname)
+            name, text = hostname, f"no tunnel is connected at {hostname}"
+        else:
+            name = route.connection_id
+            age = self.directory.offline(connection_id=name) if name else -1.0
+            text = (
+                f"no tunnel is connected for id {name!r}"
+                if name
+                else "no connection id in the path: use /<connection_id>/<path>"
+            )
+        status, headers = 404, []
+        if age >= 0:
+            status, headers = 503, offline_headers()
+            text = f"tunnel {name} is offline"
+        if scope["type"] == "websocket":
+            await receive()
+            await deny_websocket(scope, send, status, text, headers)
+        else:
+            await send_plain(send, status, text, headers=headers)
+
+
+async def _redirect_slash(scope: Scope, send: Send) -> None:
+    """308 from ``/<id>`` to ``/<id>/`` (RT-1), query kept."""
+    location = (scope.get("raw_path") or scope["path"].encode("utf-8")) + b"/"
+    if scope.get("query_string"):
+        location += b"?" + scope["query_string"]
+    await send_plain(
+        send,
+        308,
+        "redirecting to the tunnel's root, with a trailing slash",
+        headers=[(b"location", location)],
+    )
 
 
 class PipeGateApp(FastAPI):
@@ -302,18 +395,10 @@ class PipeGateApp(FastAPI):
             await gateway.relay.websocket(scope, receive, send, route)
         elif kind is _TUNNEL:
             await gateway.tunnel_endpoint(scope, receive, send, route.connection_id)
-        elif scope["type"] == "websocket":
-            await receive()
-            await deny_websocket(
-                scope, send, 404, f"no tunnel is connected for id {route.connection_id!r}"
-            )
+        elif kind is _REDIRECT_SLASH:
+            await _redirect_slash(scope, send)
         else:
-            text = (
-                f"no tunnel is connected for id {route.connection_id!r}"
-                if route.connection_id
-                else "no connection id in the path: use /<connection_id>/<path>"
-            )
-            await send_plain(send, 404, text)
+            await gateway.not_found(scope, receive, send, route)
 
 
 def create_app(

@@ -7,6 +7,11 @@ The tokens file is TOML::
     token = "long-random-secret"
     ids = ["alice", "dev-*"]    # exact ids or fnmatch patterns (* ? [..])
     max_tunnels = 4             # optional; default --max-tunnels-per-token
+    hostnames = ["api.example.com", "*.alice.example.com"]   # optional (RT-4)
+
+``hostnames`` grants custom hostnames a client may ask for with ``--hostname``: an
+exact hostname, or ``*.<domain>`` for any name of exactly one more label. The shared
+token (``--client-token``) holds no hostname grants.
 
 Tokens are compared in constant time: the presented token is hashed and its digest
 compared with :func:`hmac.compare_digest` against *every* known digest, so the time
@@ -27,6 +32,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from pipegate_protocol import hostname_matches, normalize_hostname
+
 from .errors import TokensFileError, TooManyFailuresError
 
 __all__ = ["Authenticator", "Credential", "FailureTracker", "load_tokens_file"]
@@ -40,11 +47,17 @@ class Credential:
     digest: bytes
     patterns: tuple[str, ...] | None = None
     max_tunnels: int | None = None
+    #: Hostname grants in normal form: exact names or ``*.<domain>`` (RT-4).
+    hostnames: tuple[str, ...] = ()
 
     def allows(self, connection_id: str) -> bool:
         if self.patterns is None:
             return True
         return any(fnmatchcase(connection_id, pattern) for pattern in self.patterns)
+
+    def allows_hostname(self, hostname: str) -> bool:
+        """True when a grant covers ``hostname`` (normal form)."""
+        return any(hostname_matches(grant, hostname) for grant in self.hostnames)
 
 
 def _digest(token: str) -> bytes:
@@ -86,11 +99,29 @@ def _credential(path: Path, index: int, entry: object, seen: set[bytes]) -> Cred
     max_tunnels = entry.get("max_tunnels")
     if max_tunnels is not None and (not isinstance(max_tunnels, int) or max_tunnels < 0):
         raise TokensFileError(f"{where}: 'max_tunnels' must be a non-negative integer")
+    hostnames = entry.get("hostnames", [])
+    if not isinstance(hostnames, list) or not all(isinstance(h, str) for h in hostnames):
+        raise TokensFileError(f"{where}: 'hostnames' must be a list of hostnames")
+    grants: list[str] = []
+    for grant in hostnames:
+        wildcard = grant.startswith("*.")
+        normal = normalize_hostname(grant[2:] if wildcard else grant)
+        if normal is None:
+            raise TokensFileError(
+                f"{where}: {grant!r} in 'hostnames' is not a hostname or '*.<domain>'"
+            )
+        grants.append(f"*.{normal}" if wildcard else normal)
     digest = _digest(token.strip())
     if digest in seen:
         raise TokensFileError(f"{where}: the same token appears twice")
     seen.add(digest)
-    return Credential(label=name, digest=digest, patterns=tuple(ids), max_tunnels=max_tunnels)
+    return Credential(
+        label=name,
+        digest=digest,
+        patterns=tuple(ids),
+        max_tunnels=max_tunnels,
+        hostnames=tuple(grants),
+    )
 
 
 class Authenticator:

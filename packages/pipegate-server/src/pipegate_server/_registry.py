@@ -12,11 +12,21 @@ interface; that is why the operations that would need the shared store —
 coroutines, while :meth:`~TunnelDirectory.get` (once per relayed request) and
 :meth:`~TunnelDirectory.running` stay synchronous: they answer about the tunnels
 of this process, the only ones it can relay to or close.
+
+Hostnames (RT-2 to RT-4) are claimed with the id, in the same atomic step: a
+tunnel's :attr:`~._tunnel.Tunnel.hostnames` (its custom names and ``<label>.<D>`` for
+each domain) are all free or the claim fails. :meth:`~TunnelDirectory.owner_of` maps a
+request host to its tunnel. When a tunnel ends, its id and hostnames are remembered as
+*offline* for the offline grace (RT-6), so a request for them gets 503 rather than 404;
+at most ``max_offline`` names are remembered (oldest dropped first), so the memory this
+takes is bounded whatever clients do.
 """
 
 from __future__ import annotations
 
 import enum
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,6 +39,8 @@ __all__ = ["Claim", "TunnelDirectory", "TunnelRegistry"]
 
 #: The bad-token budget of a registry built without a tracker (ServerSettings' default).
 _DEFAULT_BAD_TOKEN_BUDGET = 10
+#: How many offline ids and hostnames a registry remembers at most, each (RT-6).
+MAX_OFFLINE = 10_000
 
 
 class Claim(enum.Enum):
@@ -40,6 +52,8 @@ class Claim(enum.Enum):
     TAKEN = "taken"
     #: The token already holds ``limit`` ids (the handshake is refused with 429).
     LIMIT_REACHED = "limit_reached"
+    #: Another tunnel holds one of the tunnel's hostnames (refused with 409).
+    HOSTNAME_TAKEN = "hostname_taken"
 
 
 class TunnelDirectory(Protocol):
@@ -64,10 +78,19 @@ class TunnelDirectory(Protocol):
         """Every tunnel of this process that has not ended, released or not."""
         ...
 
+    def owner_of(self, hostname: str) -> Tunnel | None:
+        """The tunnel of this process reached at ``hostname`` (normal form), if any."""
+        ...
+
+    def offline(self, *, connection_id: str = "", hostname: str = "") -> float:
+        """Seconds since the tunnel of this id (or hostname) ended, if that was within
+        the offline grace and no tunnel holds it now; ``-1.0`` otherwise (RT-6)."""
+        ...
+
     async def claim(self, tunnel: Tunnel, *, limit: int = 0) -> Claim:
-        """Give ``tunnel`` its id, unless another tunnel holds it or the tunnel's
-        credential already holds ``limit`` ids (0: no limit). The limit is checked
-        first, and both checks and the claim are one atomic step."""
+        """Give ``tunnel`` its id and hostnames, unless another tunnel holds one of
+        them or the tunnel's credential already holds ``limit`` ids (0: no limit). The
+        limit is checked first, and the checks and the claim are one atomic step."""
         ...
 
     def release(self, tunnel: Tunnel) -> None:
@@ -95,15 +118,30 @@ class TunnelDirectory(Protocol):
 
 
 class TunnelRegistry:
-    """The in-process :class:`TunnelDirectory`: a dict of ids and a set of tunnels.
+    """The in-process :class:`TunnelDirectory`: dicts of ids and hostnames and a set
+    of tunnels.
 
     ``failures`` keeps the bad-token budget (default: a :class:`FailureTracker`
-    with the server's default budget).
+    with the server's default budget). ``offline_grace`` is how long, in seconds, an
+    ended tunnel's names answer 503 rather than 404 (0: never); at most
+    ``max_offline`` ids and as many hostnames are remembered.
     """
 
-    def __init__(self, failures: FailureTracker | None = None) -> None:
+    def __init__(
+        self,
+        failures: FailureTracker | None = None,
+        *,
+        offline_grace: float = 300.0,
+        max_offline: int = MAX_OFFLINE,
+    ) -> None:
         self._by_id: dict[str, Tunnel] = {}
+        self._by_host: dict[str, Tunnel] = {}
         self._running: set[Tunnel] = set()
+        self.offline_grace = offline_grace
+        self.max_offline = max_offline
+        #: Names of ended tunnels and when they ended (monotonic), oldest first.
+        self._offline_ids: OrderedDict[str, float] = OrderedDict()
+        self._offline_hosts: OrderedDict[str, float] = OrderedDict()
         self.failures = (
             failures if failures is not None else FailureTracker(_DEFAULT_BAD_TOKEN_BUDGET)
         )
@@ -117,22 +155,57 @@ class TunnelRegistry:
     def running(self) -> Iterator[Tunnel]:
         return iter(list(self._running))
 
+    def owner_of(self, hostname: str) -> Tunnel | None:
+        return self._by_host.get(hostname)
+
+    def offline(self, *, connection_id: str = "", hostname: str = "") -> float:
+        table = self._offline_hosts if hostname else self._offline_ids
+        ended = table.get(hostname or connection_id)
+        if ended is None:
+            return -1.0
+        age = time.monotonic() - ended
+        if age > self.offline_grace:
+            del table[hostname or connection_id]
+            return -1.0
+        return age
+
     async def claim(self, tunnel: Tunnel, *, limit: int = 0) -> Claim:
         if limit and self._count(tunnel.credential.digest) >= limit:
             return Claim.LIMIT_REACHED
         if tunnel.connection_id in self._by_id:
             return Claim.TAKEN
+        if any(name in self._by_host for name in tunnel.hostnames):
+            return Claim.HOSTNAME_TAKEN
         self._by_id[tunnel.connection_id] = tunnel
+        for name in tunnel.hostnames:
+            self._by_host[name] = tunnel
+            self._offline_hosts.pop(name, None)
+        self._offline_ids.pop(tunnel.connection_id, None)
         self._running.add(tunnel)
         return Claim.CLAIMED
 
     def release(self, tunnel: Tunnel) -> None:
         if self._by_id.get(tunnel.connection_id) is tunnel:
             del self._by_id[tunnel.connection_id]
+            if tunnel.comes_back:
+                self._remember(self._offline_ids, tunnel.connection_id)
+        for name in tunnel.hostnames:
+            if self._by_host.get(name) is tunnel:
+                del self._by_host[name]
+                if tunnel.comes_back:
+                    self._remember(self._offline_hosts, name)
 
     def forget(self, tunnel: Tunnel) -> None:
         self.release(tunnel)
         self._running.discard(tunnel)
+
+    def _remember(self, table: OrderedDict[str, float], name: str) -> None:
+        if self.offline_grace <= 0:
+            return
+        table.pop(name, None)
+        table[name] = time.monotonic()
+        while len(table) > self.max_offline:
+            table.popitem(last=False)
 
     async def count_for(self, digest: bytes) -> int:
         return self._count(digest)

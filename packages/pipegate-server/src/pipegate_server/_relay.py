@@ -58,6 +58,7 @@ from .errors import (
     TunnelBusyError,
     TunnelClosedError,
     TunnelNotFoundError,
+    TunnelOfflineError,
 )
 
 __all__ = ["TRUSTED_PROXY", "Relay", "send_plain"]
@@ -144,8 +145,13 @@ async def deny_websocket(
         await send({"type": "websocket.close", "code": 1008, "reason": text[:120]})
 
 
+def offline_headers() -> list[tuple[bytes, bytes]]:
+    """The headers of a 503 for an offline tunnel (RT-6)."""
+    return [(b"retry-after", str(TunnelOfflineError.retry_after).encode("ascii"))]
+
+
 def _error_headers(error: RelayError) -> list[tuple[bytes, bytes]]:
-    if isinstance(error, TunnelBusyError | CallerLimitError):
+    if isinstance(error, TunnelBusyError | CallerLimitError | TunnelOfflineError):
         return [(b"retry-after", str(error.retry_after).encode("ascii"))]
     return []
 
@@ -191,6 +197,8 @@ class Relay:
             raise TunnelBusyError("the server is shutting down")
         tunnel = self.registry.get(connection_id)
         if tunnel is None:
+            if self.registry.offline(connection_id=connection_id) >= 0:
+                raise TunnelOfflineError(f"tunnel {connection_id} is offline")
             raise TunnelNotFoundError(f"no tunnel is connected for id {connection_id!r}")
         return tunnel
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipegate_protocol import Limits
+from pipegate_protocol import Limits, normalize_hostname
 
 from .errors import ConfigurationError
 
@@ -34,6 +34,12 @@ class ServerSettings:
     tokens_file: Path | None = None
     #: Base of the public URL announced in the hello (default: from the Host header).
     public_url: str | None = None
+    #: Domains routed by hostname (RT-2): a request whose Host is ``<id>.<domain>``
+    #: goes to tunnel ``<id>`` with its path unchanged. Stored in normal form.
+    domains: tuple[str, ...] = ()
+    #: Seconds an ended tunnel's id and hostnames answer 503 "offline" rather than
+    #: 404 (RT-6); 0 turns it off.
+    offline_grace: float = 300.0
 
     #: Largest request body relayed; larger ones get 413. Default 1 GiB.
     max_body_size: int = 1 * GIB
@@ -121,6 +127,20 @@ class ServerSettings:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigurationError(f"{name} must not be negative, got {value}")
+        if self.offline_grace < 0:
+            raise ConfigurationError(
+                f"offline_grace must not be negative, got {self.offline_grace}"
+            )
+        normal: list[str] = []
+        for domain in self.domains:
+            normal_name = normalize_hostname(domain)
+            if normal_name is None:
+                raise ConfigurationError(
+                    f"--domain {domain!r} is not a hostname (letters, digits, hyphens and dots)"
+                )
+            if normal_name not in normal:
+                normal.append(normal_name)
+        object.__setattr__(self, "domains", tuple(normal))
         try:
             self.limits()
         except ValueError as exc:

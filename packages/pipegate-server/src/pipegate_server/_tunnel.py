@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pipegate_protocol import (
+    CAPABILITY_HOSTNAMES,
     Connection,
     GoAway,
     GoAwayReason,
@@ -158,14 +159,20 @@ class Tunnel(TunnelShell):
         agent: str,
         direct: DirectWebSocket | None = None,
         observer: StreamObserver | None = None,
+        hostnames: Sequence[str] = (),
+        custom_hostnames: Sequence[str] = (),
+        public_urls: Sequence[str] = (),
     ) -> None:
         conn = Connection(
             Role.SERVER,
             version=version,
             limits=settings.limits(),
+            capabilities=(CAPABILITY_HOSTNAMES,),
             agent=agent,
             connection_id=connection_id,
             public_url=public_url,
+            public_urls=public_urls,
+            hostnames=hostnames,
         )
         super().__init__(
             conn,
@@ -181,6 +188,15 @@ class Tunnel(TunnelShell):
         self.registry = registry
         self.remote = remote
         self.public_url = public_url
+        #: Every hostname this tunnel is reached at, normal form (RT-2, RT-4); claimed
+        #: with the id.
+        self.hostnames: tuple[str, ...] = tuple(hostnames)
+        #: The hostnames the client asked for (a subset of ``hostnames``), re-checked
+        #: against the token's grants on reload.
+        self.custom_hostnames: tuple[str, ...] = tuple(custom_hostnames)
+        #: Whether the client is expected back: when this tunnel ends, its names answer
+        #: 503 "offline" for the offline grace (RT-6). False once its token is revoked.
+        self.comes_back = True
         self._receive = receive
         self._direct = direct
         self._slot_waiters: deque[asyncio.Future[None]] = deque()

@@ -87,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="base URL announced to clients (default: scheme and Host of their upgrade request)",
     )
     net.add_argument(
+        "--domain",
+        dest="domains",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="route by hostname: a request to <id>.DOMAIN reaches tunnel <id> with its path "
+        "unchanged (repeatable; path URLs keep working; 'localhost' needs no DNS)",
+    )
+    net.add_argument(
+        "--offline-grace",
+        type=float,
+        default=d.offline_grace,
+        help="seconds a disconnected tunnel's id answers 503 'offline' with Retry-After "
+        f"instead of 404; 0 = off (default {d.offline_grace:g})",
+    )
+    net.add_argument(
         "--forwarded-allow-ips",
         default=None,
         help="comma-separated proxies (addresses or networks, * for all) whose "
@@ -251,6 +267,8 @@ def settings_from_args(
         client_token_file=token_file,
         tokens_file=args.tokens_file,
         public_url=args.public_url,
+        domains=tuple(args.domains),
+        offline_grace=args.offline_grace,
         max_body_size=args.max_body_size,
         max_header_size=args.max_header_size,
         response_timeout=args.response_timeout,

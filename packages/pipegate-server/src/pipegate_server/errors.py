@@ -9,6 +9,7 @@ The whole tree::
     │                             waiting out their delay; refused at once   (429)
     └── RelayError                a public request could not be relayed; carries ``status``
         ├── TunnelNotFoundError   no tunnel is connected for the id              (404)
+        │   └── TunnelOfflineError    its tunnel ended within --offline-grace    (503)
         ├── BodyTooLargeError     the request body exceeds --max-body-size       (413)
         ├── HeadersTooLargeError  the request head exceeds --max-header-size     (431)
         ├── BadRequestError       conflicting or unknown framing, bad length     (400)
@@ -55,6 +56,7 @@ __all__ = [
     "TunnelBusyError",
     "TunnelClosedError",
     "TunnelNotFoundError",
+    "TunnelOfflineError",
     "error_for_reset",
 ]
 
@@ -97,6 +99,16 @@ class TunnelNotFoundError(RelayError):
     """No tunnel is connected for the id in the request path."""
 
     status = status_for_failure(RelayFailure.NO_TUNNEL)
+
+
+class TunnelOfflineError(TunnelNotFoundError):
+    """The id's tunnel ended within ``--offline-grace`` (RT-6): its client is probably
+    reconnecting, so the caller is told to retry (503 with ``Retry-After``) rather than
+    that the tunnel does not exist."""
+
+    status = 503
+    #: Seconds the caller is asked to wait (``Retry-After``).
+    retry_after = 5
 
 
 class BodyTooLargeError(RelayError):
