@@ -56,7 +56,8 @@ def test_duplicate_query_keys_keep_their_order(tunnel: Tunnel, http: httpx.Clien
 def test_two_set_cookie_headers_stay_two(tunnel: Tunnel, http: httpx.Client) -> None:
     response = http.get(f"{tunnel.public_url}/cookies")
     assert response.status_code == 200
-    assert response.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; Path=/"]
+    # Each confined to the tunnel's path (test_e2e_rewrite), still two and in order.
+    assert response.headers.get_list("set-cookie") == ["a=1; Path=/e2e/", "b=2; Path=/e2e/"]
     assert set(response.cookies.keys()) == {"a", "b"}
 
 
