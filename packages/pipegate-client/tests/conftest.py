@@ -60,13 +60,20 @@ class StreamState:
 class FakeTunnel:
     """The server end of one accepted tunnel."""
 
-    def __init__(self, websocket: ServerConnection, limits: Limits, public_url: str | None):
+    def __init__(
+        self,
+        websocket: ServerConnection,
+        limits: Limits,
+        public_url: str | None,
+        hello_extras: dict[str, Any] | None = None,
+    ):
         self.ws = websocket
         self.conn = Connection(
             Role.SERVER,
             limits=limits,
             connection_id=websocket.request.path.rsplit("/", 1)[-1] if websocket.request else "",
             public_url=public_url,
+            **(hello_extras or {}),
         )
         self.client_hello: asyncio.Future[Hello] = asyncio.get_running_loop().create_future()
         self.streams: dict[int, StreamState] = {}
@@ -223,6 +230,11 @@ class FakeServer:
         self.token = token
         self.limits = limits or Limits()
         self.public_url = public_url
+        #: More arguments for the server hello's Connection (capabilities, hostnames,
+        #: public_urls), as a server with the RT extensions sends them.
+        self.hello_extras: dict[str, Any] = {}
+        #: The headers of every upgrade request, in order.
+        self.requests: list[list[tuple[str, str]]] = []
         self.tunnels: asyncio.Queue[FakeTunnel] = asyncio.Queue()
         self.attempts = 0
         #: Statuses to answer the next upgrade requests with, in order (then accept).
@@ -242,6 +254,7 @@ class FakeServer:
         self, connection: ServerConnection, request: Request
     ) -> HttpResponse | None:
         self.attempts += 1
+        self.requests.append(list(request.headers.raw_items()))
         if self.refusals:
             status = self.refusals.pop(0)
             return connection.respond(HTTPStatus(status), f"refused with {status}\n")
@@ -253,7 +266,7 @@ class FakeServer:
         return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        tunnel = FakeTunnel(websocket, self.limits, self.public_url)
+        tunnel = FakeTunnel(websocket, self.limits, self.public_url, self.hello_extras)
         self.tunnels.put_nowait(tunnel)
         if self.handler is not None:
             await self.handler(tunnel)

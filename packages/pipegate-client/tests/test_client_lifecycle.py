@@ -53,7 +53,7 @@ async def test_client_reconnects_after_server_drops_tunnel(harness: Any) -> None
         head, _ = await second.request("GET", "/cookies")
         assert head.status == 200
         assert client.sessions_established == 2
-        assert output.getvalue().splitlines() == ["https://public.example/node"] * 2
+        assert output.getvalue().splitlines() == ["https://public.example/node/"] * 2
 
 
 async def test_client_reconnects_after_server_restart(harness: Any) -> None:
@@ -221,7 +221,7 @@ async def test_client_cli_sigterm_is_graceful(harness: Any, tmp_path: Any) -> No
     try:
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), WAIT * 2)
-        assert line == b"https://public.example/node\n"
+        assert line == b"https://public.example/node/\n"
         tunnel = await harness.server.next_tunnel()
         head, _ = await tunnel.request("GET", "/cookies")
         assert head.status == 200

@@ -39,7 +39,7 @@ async def test_client_hello_and_public_url_printed(tunnel: Any) -> None:
     assert hello.limits.max_concurrent_streams == 128
     assert fake.ws.subprotocol == ProtocolVersion.V1.value
     assert client.public_url == "https://public.example/node"
-    assert output.getvalue() == "https://public.example/node\n"
+    assert output.getvalue() == "https://public.example/node/\n"
 
 
 async def test_client_public_url_falls_back_to_server_url(harness: Any) -> None:
@@ -49,7 +49,7 @@ async def test_client_public_url_falls_back_to_server_url(harness: Any) -> None:
         fake = await harness.server.next_tunnel()
         await asyncio.wait_for(client.connected.wait(), WAIT)
         assert (await fake.ready()).limits.max_concurrent_streams == 7
-        assert output.getvalue().strip() == f"http://127.0.0.1:{harness.server.port}/node"
+        assert output.getvalue().strip() == f"http://127.0.0.1:{harness.server.port}/node/"
 
 
 async def test_client_relays_raw_path_query_and_duplicate_headers(tunnel: Any) -> None:

@@ -112,7 +112,7 @@ async def test_client_wss_with_private_ca(
     async with harness.run(harness.settings(ca_file=ca_file)) as (client, output, _task):
         tunnel = await harness.server.next_tunnel()
         await asyncio.wait_for(client.connected.wait(), WAIT)
-        assert output.getvalue().strip() == f"https://127.0.0.1:{harness.server.port}/node"
+        assert output.getvalue().strip() == f"https://127.0.0.1:{harness.server.port}/node/"
         head, _ = await tunnel.request("GET", "/cookies")
         assert head.status == 200
 

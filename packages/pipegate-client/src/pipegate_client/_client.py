@@ -13,7 +13,9 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from pipegate_protocol import (
+    CAPABILITY_HOSTNAMES,
     FRAME_HEADER_SIZE,
+    HOSTNAME_HEADER,
     Hello,
     ProtocolVersion,
     public_url_for,
@@ -33,6 +35,7 @@ from ._tunnel import AGENT, TunnelSession
 from .errors import (
     ConfigurationError,
     HandshakeRefusedError,
+    HostnamesUnsupportedError,
     NotATunnelEndpointError,
     TokenRefusedError,
     VersionRefusedError,
@@ -77,8 +80,12 @@ class TunnelClient:
         self.settings = settings
         self.connection_id = settings.connection_id
         self._output = output
-        #: Public URL of the tunnel; known once the server's hello arrived.
+        #: Public URL of the tunnel (the v1 base, no trailing slash); known once the
+        #: server's hello arrived.
         self.public_url: str | None = None
+        #: Every public URL of the tunnel, as printed (RT-5): host URLs, then the path
+        #: URL, each ending with ``/``.
+        self.public_urls: list[str] = []
         #: Set while a tunnel is established; cleared when it drops.
         self.connected = asyncio.Event()
         #: How many times a tunnel was established (reconnects included).
@@ -222,12 +229,15 @@ class TunnelClient:
         :class:`PlainTunnelConnection` (public API only) without it."""
         settings = self.settings
         self._warn_plain_token()
+        headers = {"Authorization": f"Bearer {settings.client_token}"}
+        if settings.hostnames:
+            headers[HOSTNAME_HEADER] = ", ".join(settings.hostnames)
         try:
             # Redirects are never followed: they would carry the token elsewhere.
             websocket = await connect_no_redirect(
                 settings.server_url,
                 subprotocols=[ProtocolVersion.V1.value],  # type: ignore[list-item]
-                additional_headers={"Authorization": f"Bearer {settings.client_token}"},
+                additional_headers=headers,
                 user_agent_header=AGENT,
                 compression=None,
                 open_timeout=settings.connect_timeout,
@@ -278,6 +288,12 @@ class TunnelClient:
         reason = (exc.response.body or b"").decode("utf-8", errors="replace").strip()
         reason = printable(reason.splitlines()[0][:200]) if reason else ""
         detail = f"{status}{': ' + reason if reason else ''}"
+        if status == 403 and self.settings.hostnames:
+            return TokenRefusedError(
+                f"the server refused the tunnel ({detail}); check the token and --hostname "
+                "(the token must be granted each hostname in the server's tokens file)",
+                status=status,
+            )
         if status in (401, 403):
             return TokenRefusedError(
                 f"the server refused the client token ({detail}); check --client-token "
@@ -317,8 +333,23 @@ class TunnelClient:
             if self._session is not None:
                 self._session.close(1000, "hello for another connection id")
             return
+        if self.settings.hostnames and CAPABILITY_HOSTNAMES not in hello.capabilities:
+            # RT-4: a server without the extension ignored the request; never run under
+            # a URL the user did not ask for.
+            self._fatal = HostnamesUnsupportedError(
+                f"the server at {self.settings.server_url} cannot serve custom hostnames "
+                f"(it predates them); refusing to expose {self.connection_id!r} without "
+                f"{', '.join(self.settings.hostnames)}"
+            )
+            self._stopping.set()
+            if self._session is not None:
+                self._session.close(1000, "custom hostnames not supported")
+            return
         url = printable(hello.public_url or public_url_for(self.settings.server_url))
         self.public_url = url
+        # A hostile server's list is bounded in count and length before it is shown.
+        urls = [printable(u[:300]) for u in hello.public_urls[:16]] or [url.rstrip("/") + "/"]
+        self.public_urls = urls
         self.sessions_established += 1
         inspector = self.inspector
         if inspector is not None:
@@ -326,12 +357,13 @@ class TunnelClient:
         logger.info(
             "[%s] tunnel established: %s -> %s%s",
             self.connection_id,
-            url,
+            " ".join(urls),
             self.settings.local_url,
             f" (inspector {inspector.url})" if inspector is not None else "",
         )
         output = self._output if self._output is not None else sys.stdout
-        print(url, file=output, flush=True)
+        for public in urls:
+            print(public, file=output, flush=True)
         self.connected.set()
 
 

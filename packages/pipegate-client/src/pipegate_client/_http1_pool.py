@@ -70,13 +70,15 @@ class HTTP1Pool:
         target: str,
         headers: Sequence[tuple[str, str]],
         body: AsyncIterator[bytes] | None = None,
+        host: str | None = None,
     ) -> HTTP1Response:
         """Send a request; return the response once its final head arrived.
 
         ``target`` is the raw request target (path and query, sent as given);
         ``headers`` must not include ``Host`` (the origin's is sent) nor framing
         headers other than the caller's ``Content-Length``. ``body`` ``None`` means no
-        body. Call :meth:`HTTP1Response.aclose` when done with the response.
+        body. ``host`` replaces the origin's ``Host`` (``--host-header preserve``).
+        Call :meth:`HTTP1Response.aclose` when done with the response.
         """
         origin = self.origin
         if origin.authorization is not None:
@@ -85,7 +87,11 @@ class HTTP1Pool:
                 ("Authorization", origin.authorization),
             ]
         head, declared = encode_request_head(
-            method, target, origin.host_header, headers, has_body=body is not None
+            method,
+            target,
+            origin.host_header if host is None else host,
+            headers,
+            has_body=body is not None,
         )
         head_request = method == "HEAD"
         connection = await self._acquire(fresh=False)

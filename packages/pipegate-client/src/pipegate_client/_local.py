@@ -172,6 +172,8 @@ class LocalApp:
     def __init__(self, settings: ClientSettings) -> None:
         parts = urlsplit(settings.local_url)
         self.base_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        #: Send the caller's Host rather than the local authority (HD-6).
+        self.preserve_host = settings.preserve_host
         #: Prefix of every request target (the local URL's path, without a final "/").
         self.base_path = parts.path.rstrip("/")
         #: How the local app is named in logs and 502 reasons (scheme + authority).
@@ -255,6 +257,14 @@ class LocalApp:
         return f"local app at {self.label} failed: {describe_failure(exc)}"
 
 
+def _caller_host(channel: LocalStream) -> str | None:
+    """The Host the caller sent (``--host-header preserve``), if it sent one."""
+    for name, value in channel.open.headers:
+        if name.lower() == "host":
+            return value
+    return None
+
+
 def request_headers(channel: LocalStream) -> list[tuple[str, str]]:
     """Headers for the local app: the caller's, minus hop-by-hop, ``Host`` (the local
     URL's authority is sent; the original is in X-Forwarded-Host) and ``Expect`` (the
@@ -282,6 +292,7 @@ async def relay_http(channel: LocalStream, app: LocalApp, connection_id: str) ->
             app.http_target(message.path, message.query),
             request_headers(channel),
             body,
+            host=_caller_host(channel) if app.preserve_host else None,
         )
         try:
             await _relay_response(channel, response, app)

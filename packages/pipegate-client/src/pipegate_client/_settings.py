@@ -7,7 +7,12 @@ import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from pipegate_protocol import Limits, connection_id_from_url
+from pipegate_protocol import (
+    MAX_REQUESTED_HOSTNAMES,
+    Limits,
+    connection_id_from_url,
+    normalize_hostname,
+)
 
 from .errors import ConfigurationError
 
@@ -76,6 +81,14 @@ class ClientSettings:
     max_frame_size: int = 256 * 1024
     #: Per-stream receive window; bounds the request body buffered per stream.
     initial_window: int = 1024 * 1024
+    #: Hostnames to ask the server for (``PipeGate-Hostname``, RT-4), in normal form;
+    #: the token must be granted each. Empty: the server's own names only.
+    hostnames: tuple[str, ...] = ()
+    #: Send the local app the caller's ``Host`` (``--host-header preserve``) instead of
+    #: the local URL's authority (HD-6), for apps that build URLs from Host or compare
+    #: ``Origin`` with it. HTTP requests only: a WebSocket handshake to the local app
+    #: carries the local authority either way.
+    preserve_host: bool = False
     #: Run the tunnel WebSocket on the fast path (``_internals.TunnelConnection``,
     #: which reads websockets' internals); False uses its public API only
     #: (``--no-fast-path``).
@@ -134,6 +147,18 @@ class ClientSettings:
             _ = self.limits
         except ValueError as exc:
             raise ConfigurationError(f"invalid limits: {exc}") from None
+        names: list[str] = []
+        for hostname in self.hostnames:
+            normal = normalize_hostname(hostname)
+            if normal is None:
+                raise ConfigurationError(
+                    f"--hostname {hostname!r} is not a hostname (letters, digits, hyphens, dots)"
+                )
+            if normal not in names:
+                names.append(normal)
+        if len(names) > MAX_REQUESTED_HOSTNAMES:
+            raise ConfigurationError(f"at most {MAX_REQUESTED_HOSTNAMES} --hostname values")
+        object.__setattr__(self, "hostnames", tuple(names))
         if self.inspect is not None:
             from ._inspect import parse_address  # raises ConfigurationError
 

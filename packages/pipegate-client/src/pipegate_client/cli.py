@@ -118,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
         "the batched connection that reads its internals; slower, for diagnosis and for "
         "websockets versions the fast path was not tested with",
     )
+    parser.add_argument(
+        "--hostname",
+        dest="hostnames",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="ask the server for this hostname too (repeatable; the token must be granted "
+        "it in the server's tokens file; the client stops if the server cannot serve it)",
+    )
+    parser.add_argument(
+        "--host-header",
+        choices=["rewrite", "preserve"],
+        default="rewrite",
+        help="Host sent to the local app: 'rewrite' to the local URL's host (default) or "
+        "'preserve' the public host the caller used (for apps that check Host or Origin; "
+        "HTTP only)",
+    )
     inspect = parser.add_mutually_exclusive_group()
     inspect.add_argument(
         "--inspect",
@@ -174,6 +191,8 @@ def settings_from_args(args: argparse.Namespace) -> ClientSettings:
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
         fast_path=args.fast_path,
+        hostnames=tuple(args.hostnames),
+        preserve_host=args.host_header == "preserve",
         inspect=None if args.no_inspect else (args.inspect or DEFAULT_INSPECT_ADDRESS),
         # Only the default address may be given up for (with a warning): the tunnel
         # matters more than the inspector, and many clients may run on one machine.

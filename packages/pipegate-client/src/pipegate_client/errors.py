@@ -7,6 +7,7 @@ The whole tree::
     ├── HandshakeRefusedError      the server refused the tunnel for good (.status)
     │   ├── TokenRefusedError      401/403: the token is missing or wrong               exit 3
     │   ├── VersionRefusedError    400 or no subprotocol: no common protocol version    exit 4
+    │   ├── HostnamesUnsupportedError  hostnames asked for, the server cannot serve them exit 4
     │   └── NotATunnelEndpointError  another answer (200, 3xx, 404...) or a hello for   exit 5
     │                                another id: the URL is no tunnel endpoint
     └── LocalAppError              a call to the local app failed (.reason, one line)
@@ -37,6 +38,7 @@ __all__ = [
     "ClientError",
     "ConfigurationError",
     "HandshakeRefusedError",
+    "HostnamesUnsupportedError",
     "LocalAppError",
     "LocalConnectError",
     "LocalRequestError",
@@ -79,6 +81,15 @@ class TokenRefusedError(HandshakeRefusedError):
 
 class VersionRefusedError(HandshakeRefusedError):
     """The server speaks no protocol version this client speaks."""
+
+    exit_code = 4
+
+
+class HostnamesUnsupportedError(HandshakeRefusedError):
+    """The client asked for hostnames (``--hostname``) and the server's hello lacks the
+    ``hostnames`` capability (RT-4): it predates custom hostnames and would serve the
+    tunnel without them, so the client closes it and stops rather than run under a URL
+    its user did not ask for."""
 
     exit_code = 4
 
