@@ -138,7 +138,9 @@ class Api:
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         refusal = self.guard.refusal(request)
         if refusal is not None:
-            return json_error(403, refusal)
+            response = json_error(403, refusal)
+            response.close = True  # nothing more from whoever sent that
+            return response
         path = request.target.split("?", 1)[0]
         if path in _STATIC:
             if request.method not in ("GET", "HEAD"):

@@ -64,6 +64,8 @@ class HttpResponse:
     body: bytes = b""
     #: When set, the body is this stream (sent as it comes; the connection then closes).
     stream: AsyncIterator[bytes] | None = None
+    #: Close the connection after this answer.
+    close: bool = False
 
 
 def json_response(
@@ -112,6 +114,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._body = bytearray()
         self._head_size = 0
         self._closing = False
+        self._too_large = 0
 
     # ------------------------------------------------------------ asyncio
 
@@ -124,12 +127,14 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except _RequestTooLarge as exc:
-            self._refuse(exc.status, "request too large")
         except httptools.HttpParserUpgrade:
             self._refuse(400, "upgrades are not served here")
-        except httptools.HttpParserError:
-            self._refuse(400, "malformed HTTP request")
+        except (httptools.HttpParserError, _RequestTooLarge):
+            # httptools wraps what a callback raises in its own error type.
+            if self._too_large:
+                self._refuse(self._too_large, "request too large")
+            else:
+                self._refuse(400, "malformed HTTP request")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -161,6 +166,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if len(self._body) + len(body) > MAX_BODY:
+            self._too_large = 413
             raise _RequestTooLarge(413)
         self._body += body
 
@@ -178,6 +184,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def _grow_head(self, size: int) -> None:
         self._head_size += size
         if self._head_size > MAX_HEAD:
+            self._too_large = 431
             raise _RequestTooLarge(431)
 
     # ------------------------------------------------------------ answering
@@ -201,7 +208,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 if response.stream is not None:
                     await self._send_stream(transport, response)
                     return
-                keep = keep_alive and not self._closing
+                keep = keep_alive and not response.close and not self._closing
                 transport.write(_head(response, len(response.body), keep) + response.body)
                 if not keep:
                     self._close()
