@@ -22,6 +22,8 @@ __all__ = [
     "FORWARDING_HEADERS",
     "FRAMING_HEADERS",
     "RELAY_STAMP_HEADERS",
+    "REWRITTEN_RESPONSE_HEADERS",
+    "cookie_relay_problem",
     "expected_at_origin",
     "extension_methods",
     "header_list",
@@ -58,6 +60,42 @@ FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 #: uvicorn and the public server's own HTTP stack both add them, so a caller may see
 #: either or both.
 RELAY_STAMP_HEADERS = frozenset({"date", "server"})
+#: Rewritten by the server so that an app stays below ``/<id>/`` in path routing and no
+#: tenant scopes a cookie or a service worker over another's (issue 12's path-mode
+#: rules): not part of the byte comparison; a Set-Cookie is checked by
+#: :func:`cookie_relay_problem`.
+REWRITTEN_RESPONSE_HEADERS = frozenset({"set-cookie", "location", "service-worker-allowed"})
+
+
+def _cookie_attributes(value: str) -> list[tuple[str, str]]:
+    """A browser's reading of a Set-Cookie value's attributes (RFC 6265 5.2)."""
+    out = []
+    for part in value.split(";")[1:]:
+        name, _, attribute = part.partition("=")
+        out.append((name.strip(" \t").lower(), attribute.strip(" \t")))
+    return out
+
+
+def cookie_relay_problem(sent: str, received: str, prefix: str) -> str | None:
+    """Why ``received`` is not an allowed relay of the local app's Set-Cookie ``sent``
+    (``None`` when it is): the cookie pair and every attribute but Path and Domain are
+    kept in order, no Domain is left, and with a path ``prefix`` (``/<id>`` in path
+    routing, ``""`` in host routing) the Path a browser uses lies below it."""
+    if received.split(";")[0] != sent.split(";")[0]:
+        return f"cookie pair changed: {sent!r} -> {received!r}"
+    scoped = ("path", "domain")
+    before = [pair for pair in _cookie_attributes(sent) if pair[0] not in scoped]
+    attributes = _cookie_attributes(received)
+    if [pair for pair in attributes if pair[0] not in scoped] != before:
+        return f"attributes other than Path and Domain changed: {sent!r} -> {received!r}"
+    if any(name == "domain" for name, _ in attributes):
+        return f"a Domain attribute was kept: {received!r}"
+    paths = [value for name, value in attributes if name == "path"]
+    if prefix and not (paths and (paths[-1] == prefix or paths[-1].startswith(prefix + "/"))):
+        return f"the cookie's Path is not below {prefix}/: {received!r}"
+    if not prefix and paths != [v for n, v in _cookie_attributes(sent) if n == "path"]:
+        return f"the cookie's Path changed in host routing: {sent!r} -> {received!r}"
+    return None
 
 
 def header_list(pairs: Sequence[tuple[Any, Any]]) -> list[tuple[str, str]]:
