@@ -1,8 +1,11 @@
 """``pipegate-demo``: a whole tunnel on this machine in one command.
 
 Starts a ``pipegate-server``, a small demo app (unless ``--local-url`` names your own)
-and a ``pipegate-client`` that connects them, prints the public URL to try, and stops
-everything on Ctrl-C. The processes are the real ones a deployment runs.
+and a ``pipegate-client`` that connects them, prints the public URLs to try, and stops
+everything on Ctrl-C. The processes are the real ones a deployment runs. The server
+routes ``*.localhost`` by hostname (``--domain localhost``: browsers and curl resolve
+those names to loopback without any DNS set-up), so the tunnel is reached both at
+``http://<id>.localhost:<port>/`` and at ``http://127.0.0.1:<port>/<id>/``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import secrets
 import signal
 import sys
 import threading
+
+from pipegate_protocol import is_dns_label, label_for
 
 from .harness import HarnessError, ProcessGroup, start_tunnel
 
@@ -31,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with ProcessGroup() as group:
+        # Host routing only for an id that can be a hostname label (RT-3).
+        hosted = is_dns_label(args.connection_id)
         try:
             tunnel = start_tunnel(
                 group,
@@ -38,18 +45,26 @@ def main(argv: list[str] | None = None) -> int:
                 connection_id=args.connection_id,
                 server_port=args.port,
                 origin_url=args.local_url,
+                server_args=["--domain", "localhost"] if hosted else [],
             )
         except HarnessError as exc:
             print(f"pipegate-demo: could not start the tunnel: {exc}", file=sys.stderr)
             return 1
         url = tunnel.public_url
+        host_url = f"http://{label_for(args.connection_id)}.localhost:{args.port}"
+        base = host_url if hosted else url
         print(
-            f"\nPipeGate tunnel is up.\n"
-            f"  public URL : {url}/\n"
+            "\nPipeGate tunnel is up.\n"
+            + (
+                f"  host URL   : {host_url}/   (its own origin: best for web apps)\n"
+                if hosted
+                else ""
+            )
+            + f"  path URL   : {url}/\n"
             f"  local app  : {tunnel.origin_url}\n"
             f"Try:\n"
-            f"  curl {url}/\n"
-            f"  curl '{url}/echo/hello?x=1&x=2'\n"
+            f"  curl {base}/\n"
+            f"  curl '{base}/echo/hello?x=1&x=2'\n"
             f"  curl -N {url}/sse\n"
             f"Press Ctrl-C to stop.\n",
             flush=True,
