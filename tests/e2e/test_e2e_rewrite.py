@@ -17,11 +17,19 @@ from pipegate_conformance.origin import ResponseSpec
 
 
 def _respond(
-    http: httpx.Client, base: str, path: str, headers: list[tuple[str, str]], status: int = 200
+    http: httpx.Client,
+    base: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    status: int = 200,
+    *,
+    host: str | None = None,
 ) -> httpx.Response:
-    """Have the local app behind ``base`` answer ``path`` with ``status`` and ``headers``."""
+    """Have the local app behind ``base`` answer ``path`` with ``status`` and ``headers``
+    (sent with ``Host: host`` when given)."""
     spec = ResponseSpec(status=status, headers=[*headers, ("content-length", "0")])
-    return http.post(f"{base}{path}", content=spec.model_dump_json())
+    extra = {"Host": host} if host else {}
+    return http.post(f"{base}{path}", content=spec.model_dump_json(), headers=extra)
 
 
 def test_location_absolute_path_gets_the_prefix_and_works(
@@ -157,3 +165,33 @@ def test_rewrites_compose_with_a_local_url_path(tunnels: TunnelFactory) -> None:
         "/elsewhere": "/node/elsewhere",
     }
     assert followed.json()["raw_path"] == "/base/next/echo/x"
+
+
+def test_host_routing_only_drops_domain(tunnels: TunnelFactory) -> None:
+    """With ``--domain localhost`` the same local answer is rewritten for the route it
+    came by: on ``node.localhost`` the tunnel has its own origin, so only Domain goes;
+    on the bare address (path routing) everything is confined to ``/node/``."""
+    _, port = tunnels.server("--domain", "localhost")
+    client = tunnels.client(f"ws://127.0.0.1:{port}/node")
+    wait_relaying(f"{server_base(port)}/node", process=client)
+    head = [
+        ("Location", "/sub/"),
+        ("Set-Cookie", "a=1; Path=/; Domain=localhost"),
+        ("Set-Cookie", "b=2"),
+        ("Service-Worker-Allowed", "/"),
+    ]
+    with httpx.Client(timeout=30.0) as http:
+        by_host = _respond(http, server_base(port), "/respond", head, 302, host="node.localhost")
+        by_path = _respond(http, f"{server_base(port)}/node", "/respond", head, 302)
+    seen = [
+        (
+            r.headers["location"],
+            r.headers.get_list("set-cookie"),
+            r.headers["service-worker-allowed"],
+        )
+        for r in (by_host, by_path)
+    ]
+    assert seen == [
+        ("/sub/", ["a=1; Path=/", "b=2"], "/"),
+        ("/node/sub/", ["a=1; Path=/node/", "b=2; Path=/node/"], "/node/"),
+    ]
