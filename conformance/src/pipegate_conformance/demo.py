@@ -11,6 +11,7 @@ those names to loopback without any DNS set-up), so the tunnel is reached both a
 from __future__ import annotations
 
 import argparse
+import re
 import secrets
 import signal
 import sys
@@ -21,6 +22,9 @@ from pipegate_protocol import is_dns_label, label_for
 from .harness import HarnessError, ProcessGroup, start_tunnel
 
 __all__ = ["main"]
+
+#: The client's log line that names its request inspector.
+INSPECTOR_LINE = re.compile(r"inspector: (http://\S+)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         url = tunnel.public_url
         host_url = f"http://{label_for(args.connection_id)}.localhost:{args.port}"
         base = host_url if hosted else url
+        # The client logs its inspector's URL (4040 or the next free port) as it starts.
+        found = INSPECTOR_LINE.search(tunnel.client.output() if tunnel.client else "")
+        inspector = found.group(1) if found else "none (see the client's log)"
         print(
             "\nPipeGate tunnel is up.\n"
             + (
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             + f"  path URL   : {url}/\n"
             f"  local app  : {tunnel.origin_url}\n"
+            f"  inspector  : {inspector}   (your requests, live; replay them)\n"
             f"Try:\n"
             f"  curl {base}/\n"
             f"  curl '{base}/echo/hello?x=1&x=2'\n"
