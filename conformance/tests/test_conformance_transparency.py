@@ -131,13 +131,16 @@ def test_raw_query_is_relayed_verbatim(tunnel: Tunnel, query: str) -> None:
     assert report["query"] == query
 
 
-@pytest.mark.rule("HD-1")
-def test_bare_id_has_root_path(tunnel: Tunnel) -> None:
-    """HD-1: a request to /<id>?q reaches the local app as /?q ... unless the origin
-    has no /echo there; so check via the demo page: /<id> reaches the origin's '/'."""
-    response = _send(tunnel, "GET", "")
+@pytest.mark.rule("HD-1", "RT-1")
+def test_id_with_a_slash_has_root_path(tunnel: Tunnel) -> None:
+    """HD-1: ``/<id>/`` reaches the local app's ``/`` (the demo page); the bare
+    ``/<id>`` is redirected there (RT-1), never relayed."""
+    response = _send(tunnel, "GET", "/")
     assert response.status == 200
     assert b"PipeGate demo app" in response.body
+    bare = _send(tunnel, "GET", "")
+    assert bare.status == 308
+    assert dict(bare.headers)[b"location"].endswith(f"/{tunnel.connection_id}/".encode())
 
 
 def _check_headers(tunnel: Tunnel, headers: list[tuple[str, str]]) -> None:

@@ -18,6 +18,10 @@ Options (see docs/conformance.md):
 ``--client-cmd TEMPLATE``
     launch this client instead of ours; placeholders ``{local_url}``,
     ``{server_url}`` and ``{token}``.
+``--server-domain D``
+    the domain that server routes by hostname (RT-2): ``<id>.D`` reaches tunnel
+    ``<id>``. Without it, checks of host routing are skipped for a server the suite
+    did not start; ours is started with ``--domain localhost``.
 ``--conformance-report FILE``
     write one JSON entry per rule id: passed, failed or skipped, with the reason.
 ``--expected-failures FILE``
@@ -73,8 +77,8 @@ __all__ = [
 ]
 
 #: A rule id of docs/protocol.md, e.g. ``HD-2``.
-RULE_ID = re.compile(r"^(VE|HS|FR|ST|FC|HD|WS|LV|ER)-\d+$")
-_SPEC_RULE = re.compile(r"\*\*((?:VE|HS|FR|ST|FC|HD|WS|LV|ER)-\d+) — ([^*]+)\*\*")
+RULE_ID = re.compile(r"^(VE|HS|FR|ST|FC|HD|WS|LV|ER|RT)-\d+$")
+_SPEC_RULE = re.compile(r"\*\*((?:VE|HS|FR|ST|FC|HD|WS|LV|ER|RT)-\d+) — ([^*]+)\*\*")
 _SPEC = Path(__file__).resolve().parents[3] / "docs" / "protocol.md"
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -123,6 +127,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--client-cmd",
         default=None,
         help="launch this client; placeholders {local_url} {server_url} {token}",
+    )
+    group.addoption(
+        "--server-domain",
+        default=None,
+        help="the domain the server under test routes by hostname (RT-2), e.g. localhost",
     )
     group.addoption(
         "--conformance-report", default=None, help="write the per-rule JSON report here"
@@ -317,6 +326,8 @@ class ServerUnderTest:
     token: str
     process: ManagedProcess | None
     remote: bool
+    #: The domain it routes by hostname (RT-2), if any is known.
+    domain: str | None = None
 
     @property
     def ws_base(self) -> str:
@@ -360,6 +371,8 @@ class Implementations:
     server_cmd: str | None
     client_cmd: str | None
     remote_server: str | None
+    #: ``--server-domain``: the domain of a server given by URL or command.
+    server_domain: str | None = None
     started: list[ManagedProcess] = field(default_factory=list)
 
     @property
@@ -369,10 +382,12 @@ class Implementations:
     def start_server(self, port: int | None = None, token: str | None = None) -> ServerUnderTest:
         port = port or free_port()
         token = token or self.token
+        # Ours routes *.localhost by host (RT-2; loopback, no DNS needed).
+        domain = self.server_domain if self.server_cmd else "localhost"
         argv = (
             render_command(self.server_cmd, port=port, token=token)
             if self.server_cmd
-            else server_command(port, token)
+            else server_command(port, token, "--domain", "localhost")
         )
         process = self.group.start("server", argv)
         self.started.append(process)
@@ -380,7 +395,9 @@ class Implementations:
             wait_for_port("127.0.0.1", port, timeout=20.0)
         except HarnessError as exc:
             raise HarnessError(f"{exc}\n{process.output()[-2000:]}") from None
-        return ServerUnderTest(f"http://127.0.0.1:{port}", token, process, remote=False)
+        return ServerUnderTest(
+            f"http://127.0.0.1:{port}", token, process, remote=False, domain=domain
+        )
 
     def client_argv(self, local_url: str, server_url: str, token: str | None = None) -> list[str]:
         token = token or self.token
@@ -419,6 +436,7 @@ def implementations(request: pytest.FixtureRequest) -> Iterator[Implementations]
             server_cmd=config.getoption("server_cmd"),
             client_cmd=config.getoption("client_cmd"),
             remote_server=_normalize_server_url(remote) if remote else None,
+            server_domain=config.getoption("server_domain"),
         )
 
 
@@ -437,7 +455,11 @@ def server(implementations: Implementations) -> ServerUnderTest:
     """The server under test: ``--server-url``, else ``--server-cmd``, else ours."""
     if implementations.remote_server is not None:
         return ServerUnderTest(
-            implementations.remote_server, implementations.token, None, remote=True
+            implementations.remote_server,
+            implementations.token,
+            None,
+            remote=True,
+            domain=implementations.server_domain,
         )
     return implementations.start_server()
 

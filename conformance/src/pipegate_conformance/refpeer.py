@@ -180,6 +180,7 @@ async def connect_reference_client(
     send_hello: bool = True,
     ssl_context: ssl.SSLContext | None = None,
     within: float = 10.0,
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> ReferenceClient:
     """Open a tunnel to ``ws_url`` (``ws://host/<id>``) and exchange hellos.
 
@@ -191,6 +192,7 @@ async def connect_reference_client(
     if token is not None:
         value = f"Bearer {token}" if token_header.lower() == "authorization" else token
         headers.append((token_header, value))
+    headers.extend(extra_headers)
     try:
         ws = await ws_connect(
             ws_url,
