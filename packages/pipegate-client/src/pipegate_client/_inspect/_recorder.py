@@ -78,6 +78,10 @@ class WebSocketMessage:
         self.complete = False
 
 
+#: The ``messages`` of every HTTP exchange: no WebSocket event ever reaches one.
+_NO_MESSAGES: deque[WebSocketMessage] = deque(maxlen=0)
+
+
 class Exchange:
     """One request and its response (or one WebSocket stream), as far as it got."""
 
@@ -141,11 +145,13 @@ class Exchange:
         self.response_headers: tuple[tuple[str, str], ...] = ()
         self.request_body = Capture()
         self.response_body = Capture()
-        self.messages: deque[WebSocketMessage] = deque()
+        websocket = kind == "websocket"
+        #: WebSocket streams only (an HTTP exchange shares empty, never-filled ones).
+        self.messages: deque[WebSocketMessage] = deque() if websocket else _NO_MESSAGES
         self.dropped_messages = 0
         #: The message still being received in each direction: [from the caller,
         #: from the local app].
-        self.open_messages: list[WebSocketMessage | None] = [None, None]
+        self.open_messages: list[WebSocketMessage | None] = [None, None] if websocket else []
         #: WebSocket closes as (sent, code, reason), in the order they passed.
         self.closes: list[tuple[bool, int, str]] = []
         self.outcome = ""
@@ -158,11 +164,10 @@ class Exchange:
         return self.ended_at is not None
 
     def captured_bytes(self) -> int:
-        return (
-            len(self.request_body.data)
-            + len(self.response_body.data)
-            + sum(len(message.body.data) for message in self.messages)
-        )
+        kept = len(self.request_body.data) + len(self.response_body.data)
+        if self.messages:
+            kept += sum(len(message.body.data) for message in self.messages)
+        return kept
 
 
 class Recorder(StreamObserver):
@@ -298,10 +303,12 @@ class Recorder(StreamObserver):
     def _evict(self, exchange: Exchange) -> None:
         exchange.evicted = True
         self.captured -= exchange.captured_bytes()
-        exchange.request_body.data = bytearray()
-        exchange.response_body.data = bytearray()
-        exchange.messages.clear()
-        self._by_id.pop(exchange.id, None)
+        del self._by_id[exchange.id]
+        if not exchange.finished:  # still referenced by the tunnel: let its bytes go now
+            exchange.request_body.data = bytearray()
+            exchange.response_body.data = bytearray()
+            exchange.messages.clear()
+            exchange.open_messages[:] = [None, None] if exchange.open_messages else []
 
     # ------------------------------------------------------------ the observer
 
