@@ -228,6 +228,8 @@ def test_path_mode_rewrites(tunnel: Tunnel) -> None:
     assert f"Path={prefix}/" in cookies[2]
     allowed = _respond(url, [("Service-Worker-Allowed", "/")]).headers["service-worker-allowed"]
     assert allowed == f"{prefix}/"
+    # One tenant cannot clear the whole shared origin's storage.
+    assert "clear-site-data" not in _respond(url, [("Clear-Site-Data", '"*"')]).headers
 
 
 @pytest.mark.rule("RT-7", "RT-2")
@@ -240,6 +242,7 @@ def test_host_mode_drops_only_the_cookie_domain(tunnel: Tunnel, server: ServerUn
             ("Location", "/login"),
             ("Set-Cookie", f"a=1; Path=/; Domain={_domain(server)}"),
             ("Service-Worker-Allowed", "/"),
+            ("Clear-Site-Data", '"cookies"'),
         ],
         302,
         host=host,
@@ -247,3 +250,4 @@ def test_host_mode_drops_only_the_cookie_domain(tunnel: Tunnel, server: ServerUn
     assert response.headers["location"] == "/login"
     assert response.headers["set-cookie"].replace(" ", "").lower() == "a=1;path=/"
     assert response.headers["service-worker-allowed"] == "/"
+    assert response.headers["clear-site-data"] == '"cookies"'

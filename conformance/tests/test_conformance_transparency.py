@@ -276,7 +276,7 @@ def response_specs(draw: st.DrawFn) -> ResponseSpec:
     )
 
 
-@pytest.mark.rule("HD-2", "HD-3", "HD-7", "HD-8", "HD-9")
+@pytest.mark.rule("HD-2", "HD-3", "HD-7", "HD-8", "HD-9", "RT-7")
 @conformance_settings()
 @given(spec=response_specs())
 def test_response_is_relayed(tunnel: Tunnel, spec: ResponseSpec) -> None:
@@ -299,7 +299,7 @@ def test_response_is_relayed(tunnel: Tunnel, spec: ResponseSpec) -> None:
     assert response.body == expected_body
 
 
-@pytest.mark.rule("HD-3", "HD-7")
+@pytest.mark.rule("HD-3", "HD-7", "RT-7")
 def test_two_set_cookie_headers_stay_two(tunnel: Tunnel) -> None:
     """HD-7: duplicates are not merged."""
     response = _send(tunnel, "GET", "/cookies")

@@ -263,7 +263,7 @@ class ServerSession(_Endpoint):
             transport.write(chunk)
             handed += len(chunk)
             await asyncio.sleep(0)
-        return handed - transport.get_write_buffer_size()
+        return handed - int(transport.get_write_buffer_size())
 
     def abort(self) -> None:
         """Drop the connection at once (no close handshake)."""

@@ -64,7 +64,9 @@ RELAY_STAMP_HEADERS = frozenset({"date", "server"})
 #: tenant scopes a cookie or a service worker over another's (issue 12's path-mode
 #: rules): not part of the byte comparison; a Set-Cookie is checked by
 #: :func:`cookie_relay_problem`.
-REWRITTEN_RESPONSE_HEADERS = frozenset({"set-cookie", "location", "service-worker-allowed"})
+REWRITTEN_RESPONSE_HEADERS = frozenset(
+    {"set-cookie", "location", "service-worker-allowed", "clear-site-data"}
+)
 
 
 def _cookie_attributes(value: str) -> list[tuple[str, str]]:

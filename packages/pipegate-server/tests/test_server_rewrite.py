@@ -369,3 +369,14 @@ def _benchmark() -> None:
 
 if __name__ == "__main__":
     _benchmark()
+
+
+def test_clear_site_data_is_dropped_in_path_mode_only() -> None:
+    from pipegate_server._rewrite import rewrite_response_headers
+
+    head = [("content-type", "text/html"), ("Clear-Site-Data", '"*"'), ("x-a", "1")]
+    assert rewrite_response_headers(head, "/node", "/") == [
+        ("content-type", "text/html"),
+        ("x-a", "1"),
+    ]
+    assert rewrite_response_headers(head, "", "/") is head

@@ -42,6 +42,10 @@ byte of these three that no rule names, passes unchanged:
     fragment, or a character outside the URL path characters — becomes
     ``<prefix>/``. In host routing unchanged.
 
+``Clear-Site-Data`` (path routing): dropped. Its scope is the whole origin — every
+tenant's cookies, storage and caches — so in path routing one tenant could wipe all
+the others'; in host routing the origin is the tenant's own and it passes unchanged.
+
 Already prefixed values are kept (idempotence): ``Location: /<id>/x``, ``Path=/<id>``,
 ``Path=/<id>/x`` and ``Service-Worker-Allowed: /<id>/x`` are not prefixed twice. The
 server sends ``X-Forwarded-Prefix: /<id>`` (HD-5), and an app that honours it
@@ -82,8 +86,8 @@ __all__ = [
     "rewrite_set_cookie",
 ]
 
-#: Lengths of the three header names with a rule, checked before lowering a name.
-_LENGTHS = frozenset({8, 10, 22})
+#: Lengths of the four header names with a rule, checked before lowering a name.
+_LENGTHS = frozenset({8, 10, 15, 22})
 #: Characters a Service-Worker-Allowed path may keep (RFC 3986 pchar and "/").
 _PATH_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@%/"
@@ -97,6 +101,7 @@ def rewrite_response_headers(
     spelling kept. Returns ``headers`` itself when no rule changed anything (it is
     never modified); otherwise a new list."""
     out: list[tuple[str, str]] | None = None
+    dropped = False
     for index, (name, value) in enumerate(headers):
         if len(name) not in _LENGTHS:
             continue
@@ -109,13 +114,21 @@ def rewrite_response_headers(
             new = rewrite_location(value, prefix)
         elif lowered == "service-worker-allowed":
             new = rewrite_service_worker_allowed(value, prefix)
+        elif lowered == "clear-site-data":
+            if out is None:
+                out = list(headers)
+            out[index] = ("", "")
+            dropped = True
+            continue
         else:
             continue
         if new is not value:
             if out is None:
                 out = list(headers)
             out[index] = (name, new)
-    return headers if out is None else out
+    if out is None:
+        return headers
+    return [pair for pair in out if pair[0]] if dropped else out
 
 
 def _under(value: str, prefix: str) -> bool:
