@@ -552,3 +552,33 @@ def test_the_inspect_address_is_checked_with_the_settings(harness: ClientHarness
             harness.settings(inspect=bad)
     assert harness.settings(inspect="[::1]:0").inspect == "[::1]:0"
     assert harness.settings().inspect is None  # a client built in code has none
+
+
+def test_the_command_line_inspects_on_loopback_4040_by_default() -> None:
+    from pipegate_client.cli import build_parser, settings_from_args
+
+    base = ["--server-url", "ws://127.0.0.1:1/node", "--client-token", "t"]
+    default = settings_from_args(build_parser().parse_args(base))
+    assert default.inspect == "127.0.0.1:4040"
+    assert default.inspect_optional  # the default address may be given up for
+    explicit = settings_from_args(build_parser().parse_args([*base, "--inspect", ":0"]))
+    assert explicit.inspect == ":0"
+    assert not explicit.inspect_optional
+    off = settings_from_args(build_parser().parse_args([*base, "--no-inspect"]))
+    assert off.inspect is None
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([*base, "--inspect", ":0", "--no-inspect"])
+    assert exited.value.code == 2
+
+
+async def test_replays_are_logged_with_the_connection_id_and_without_the_query(
+    harness: ClientHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pipegate_client")
+    async with inspected(harness) as (fake, _client, http):
+        await fake.request("GET", "/echo/logged", "secret=1")
+        (original,) = await wait_finished(http, 1)
+        assert (await http.post(f"/api/requests/{original['id']}/replay")).status_code == 200
+        assert (await http.head("/")).content == b""
+    lines = [r.getMessage() for r in caplog.records if "replay of" in r.getMessage()]
+    assert lines == [f"[node] inspector: replay of #{original['id']} as #2: GET /echo/logged 200"]

@@ -38,16 +38,20 @@ import base64
 import binascii
 import ipaddress
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
+from .._local import LocalApp
 from ._http import HttpRequest, HttpResponse, json_error, json_response
 from ._recorder import Capture, Exchange, Recorder
 from ._replay import ReplayError, ReplayRequest, replay
 
 __all__ = ["Api", "HostGuard"]
+
+logger = logging.getLogger("pipegate_client")
 
 #: Viewers of ``/api/events`` at once; more get 503.
 MAX_EVENT_STREAMS = 16
@@ -126,9 +130,11 @@ class Api:
         recorder: Recorder,
         guard: HostGuard,
         *,
-        replay_to: Any,
+        replay_to: LocalApp,
         tunnel: Callable[[], dict[str, object]],
+        connection_id: str,
     ) -> None:
+        self.connection_id = connection_id
         self.recorder = recorder
         self.guard = guard
         self._app = replay_to
@@ -197,7 +203,24 @@ class Api:
                 wanted = base.edited(**edits)
             result = await replay(self._app, self.recorder, wanted, replay_of=exchange.id)
         except ReplayError as exc:
+            logger.info(
+                "[%s] inspector: replay of #%d refused (%d): %s",
+                self.connection_id,
+                exchange.id,
+                exc.status,
+                exc.message,
+            )
             return json_error(exc.status, exc.message)
+        # The path only, as the request log writes it: a query may carry secrets.
+        logger.info(
+            "[%s] inspector: replay of #%d as #%d: %s %s %s",
+            self.connection_id,
+            exchange.id,
+            result.id,
+            result.method,
+            result.path,
+            "-" if result.status is None else result.status,
+        )
         return json_response(200, {"original": exchange.id, "replay": detail(result)})
 
     # ------------------------------------------------------------ live events

@@ -32,7 +32,7 @@ __all__ = [
     "json_error",
 ]
 
-logger = logging.getLogger("pipegate_client.inspect")
+logger = logging.getLogger("pipegate_client")
 
 #: Largest request head (request line and headers) accepted, in bytes.
 MAX_HEAD = 64 * 1024
@@ -102,9 +102,12 @@ class _RequestTooLarge(Exception):
 class HttpServerProtocol(asyncio.Protocol):
     """One browser connection; see the module docstring."""
 
-    def __init__(self, handler: Handler, registry: set[HttpServerProtocol]) -> None:
+    def __init__(
+        self, handler: Handler, registry: set[HttpServerProtocol], *, connection_id: str
+    ) -> None:
         self._handler = handler
         self._registry = registry
+        self._connection_id = connection_id
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._pending: deque[tuple[HttpRequest, bool]] = deque()
@@ -199,7 +202,8 @@ class HttpServerProtocol(asyncio.Protocol):
                     response = await self._handler(request)
                 except Exception as exc:
                     logger.error(
-                        "inspector: %s %s failed: %s",
+                        "[%s] inspector: %s %s failed: %s",
+                        self._connection_id,
                         request.method,
                         request.target.split("?", 1)[0],
                         type(exc).__name__,
@@ -209,7 +213,8 @@ class HttpServerProtocol(asyncio.Protocol):
                     await self._send_stream(transport, response)
                     return
                 keep = keep_alive and not response.close and not self._closing
-                transport.write(_head(response, len(response.body), keep) + response.body)
+                body = b"" if request.method == "HEAD" else response.body
+                transport.write(_head(response, len(response.body), keep) + body)
                 if not keep:
                     self._close()
                     return

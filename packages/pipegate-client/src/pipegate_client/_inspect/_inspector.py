@@ -94,10 +94,18 @@ class Inspector:
         last: OSError | None = None
         for port in ports:
             guard = HostGuard(self.host, port)
-            api = Api(self.recorder, guard, replay_to=self.local, tunnel=self._tunnel)
+            api = Api(
+                self.recorder,
+                guard,
+                replay_to=self.local,
+                tunnel=self._tunnel,
+                connection_id=self.connection_id,
+            )
             try:
                 self._server = await loop.create_server(
-                    lambda api=api: HttpServerProtocol(api, self._connections),  # type: ignore[misc]
+                    lambda api=api: HttpServerProtocol(  # type: ignore[misc]
+                        api, self._connections, connection_id=self.connection_id
+                    ),
                     self.host,
                     port,
                 )
