@@ -582,3 +582,28 @@ async def test_replays_are_logged_with_the_connection_id_and_without_the_query(
         assert (await http.head("/")).content == b""
     lines = [r.getMessage() for r in caplog.records if "replay of" in r.getMessage()]
     assert lines == [f"[node] inspector: replay of #{original['id']} as #2: GET /echo/logged 200"]
+
+
+async def test_pipelined_requests_are_answered_in_order_and_bounded(
+    harness: ClientHarness,
+) -> None:
+    async with inspected(harness) as (_fake, client, _http):
+        assert client.inspector is not None
+        assert client.inspector.url is not None
+        port = client.inspector.url.rsplit(":", 1)[1]
+        one = f"GET /api/requests/7 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        last = (
+            f"GET /api/requests/8 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        )
+        _, body = await raw_request(client.inspector.url, one * 3 + last)
+        # Everything after the first head: three answers for 7, then the one for 8.
+        assert body.count(b"no request 7") == 3
+        assert body.rindex(b"no request 7") < body.index(b"no request 8")
+        status, _ = await raw_request(client.inspector.url, one * 40 + last)
+        assert status in (404, 503)
+        # A fragment never reaches the target; the path and query are what remains.
+        from pipegate_client._inspect._replay import split_target
+
+        assert split_target("/a?b=1#frag") == ("/a", "b=1")
+        assert split_target("//evil.example/x?y") == ("/x", "y")
+        assert split_target("https://evil.example") == ("/", "")

@@ -3,8 +3,9 @@
 It serves one person's browser on a loopback address, so it is simple rather than
 fast: requests on a connection are answered in order, one at a time; a request head
 may be at most :data:`MAX_HEAD` bytes (431 past it) and a body at most
-:data:`MAX_BODY` bytes (413 past it); a malformed request gets 400 and the connection
-is closed. A response is either whole (``body``) or a stream (``stream``, for
+:data:`MAX_BODY` bytes (413 past it), at most :data:`MAX_PIPELINED` requests may wait
+on a connection (503 past it); a malformed request gets 400; after any of these the
+connection is closed. A response is either whole (``body``) or a stream (``stream``, for
 Server-Sent Events: sent as it is produced, then the connection closes).
 
 The handler must not raise: an exception is logged (one line, no traceback for the
@@ -38,6 +39,8 @@ logger = logging.getLogger("pipegate_client")
 MAX_HEAD = 64 * 1024
 #: Largest request body accepted (an edited replay body), in bytes.
 MAX_BODY = 8 * 1024 * 1024
+#: Requests a connection may have waiting for their answer (pipelined); past it, 503.
+MAX_PIPELINED = 16
 
 
 @dataclass
@@ -180,6 +183,9 @@ class HttpServerProtocol(asyncio.Protocol):
             self._headers,
             bytes(self._body),
         )
+        if len(self._pending) >= MAX_PIPELINED:
+            self._too_large = 503
+            raise _RequestTooLarge(503)
         self._pending.append((request, self._parser.should_keep_alive()))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._serve())

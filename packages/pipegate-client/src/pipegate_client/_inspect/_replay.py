@@ -126,8 +126,8 @@ def split_target(target: str) -> tuple[str, str]:
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         if not target.startswith("/"):
             raise ReplayError(400, "path: must start with /")
-    path, _, query = target.partition("?")
-    return path, query.split("#", 1)[0]
+    path, _, query = target.split("#", 1)[0].partition("?")
+    return path, query
 
 
 async def replay(
