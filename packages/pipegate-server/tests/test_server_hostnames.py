@@ -292,6 +292,31 @@ async def test_handshake_refusals_for_hostnames(pg: Any, tmp_path: Path) -> None
             assert (status, "www.alice.example.com" in text) == (409, True)
 
 
+async def test_names_of_ids_under_a_domain_are_never_custom_hostnames(
+    pg: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(
+        f'[[tokens]]\nname = "mallory"\ntoken = "{ALICE_TOKEN}"\nids = ["*"]\n'
+        'hostnames = ["*.localhost", "*.x.localhost"]\n'
+    )
+    async with pg.start_server(domains=("localhost",), tokens_file=path) as server:
+        # Mallory may not take bob's name before bob connects, whatever she is granted.
+        status, text = await _refusal(
+            server, "mallory", ALICE_TOKEN, **{"PipeGate-Hostname": "bob.localhost"}
+        )
+        assert (status, "tunnel id 'bob'" in text) == (403, True)
+        # Deeper names under the domain are not ids' names: grantable.
+        async with pg.fake_client(
+            server,
+            "mallory",
+            pg.echo_handler,
+            token=ALICE_TOKEN,
+            headers={"PipeGate-Hostname": "app.x.localhost"},
+        ) as client:
+            assert "app.x.localhost" in client.conn.peer_hello.hostnames
+
+
 async def test_the_shared_token_holds_no_hostnames(pg: Any) -> None:
     async with pg.start_server() as server:
         status, text = await _refusal(

@@ -248,11 +248,21 @@ class Gateway:
         except ValueError as exc:
             await refuse(400, f"bad PipeGate-Hostname: {exc}")
             return
+        domains = self.settings.domains
         for name in custom:
+            _, _, parent = name.partition(".")
+            if parent in domains:
+                # <label>.<D> names belong to the ids (RT-4): a grant of *.<D> must not
+                # let one tenant take another's id's name before it connects.
+                await refuse(
+                    403,
+                    f"hostname {name!r} is the name of tunnel id {name.partition('.')[0]!r} "
+                    f"on this server; connect with that id instead",
+                )
+                return
             if not credential.allows_hostname(name):
                 await refuse(403, f"this token may not claim hostname {name!r}")
                 return
-        domains = self.settings.domains
         if domains and not is_dns_label(connection_id):
             await refuse(
                 400,
