@@ -463,3 +463,58 @@ def test_helpers_are_bounded() -> None:
             assert time.monotonic() - started < 3
             sock.close()
             peer.close()
+
+
+# ---------------------------------------------------------------- issue 12: Host values
+
+
+def test_random_host_names_cost_no_memory_and_never_reach_a_tunnel(
+    tunnels: TunnelFactory,
+) -> None:
+    """A caller without a token sends requests with a new Host each time: names under
+    the domain nobody holds, names of the victim in other cases and with junk around,
+    IP literals, overlong and non-ASCII values. The server parses each (its host
+    cache holds 1024 and is emptied when full), answers 404 or routes by path, and
+    grows by less than BOUND_MIB; the victim's app sees only what was meant for it."""
+    victim = start_victim(tunnels, "--domain", "localhost")
+    hosts = [
+        "ghost-{i}.localhost",
+        "a.victim-{i}.localhost",
+        "victim.localhost.evil-{i}.test",
+        "{i}.{i}.{i}.{i}",
+        "[::{i}]",
+        "x" * 300 + "-{i}.localhost",
+        "vict\u00efm-{i}.localhost",
+        "victim_{i}.localhost",
+    ]
+    statuses: dict[int, int] = {}
+    deadline = time.monotonic() + 30
+    sent = 0
+    with (
+        RssSampler(victim.server.pid).running() as rss,
+        victim.bystander().running() as bystander,
+        httpx.Client(timeout=10) as http,
+    ):
+        for index in range(4000):
+            if time.monotonic() > deadline:
+                break
+            host = hosts[index % len(hosts)].format(i=index)
+            try:
+                response = http.get(
+                    f"{victim.base}/bystander-not/echo/x",
+                    headers={"Host": host.encode("utf-8")},
+                )
+            except httpx.HTTPError:
+                continue
+            sent += 1
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+    print(f"host flood: {sent} requests, {statuses}, server {rss.start:.0f} -> {rss.peak:.0f} MiB")
+    assert sent >= 1000
+    # Nothing reached a tunnel: unknown names 404, the rest routed by path to an id
+    # nobody holds (404) or refused as a bad request by the HTTP parser (400).
+    assert set(statuses) <= {400, 404}, statuses
+    assert rss.growth < BOUND_MIB, f"server grew {rss.start:.0f} -> {rss.peak:.0f} MiB"
+    bystander.assert_served()
+    # The victim's own name, in any case, still reaches it.
+    response = httpx.get(f"{victim.base}/echo/mine", headers={"Host": "VICTIM.localhost"})
+    assert response.json()["raw_path"] == "/echo/mine"
