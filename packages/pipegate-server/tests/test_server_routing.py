@@ -277,17 +277,29 @@ def test_inline_split_and_router_agree() -> None:
 def main() -> None:  # pragma: no cover - a measurement, not a test
     import timeit
 
+    from pipegate_server._registry import TunnelRegistry
+    from pipegate_server._routing import HostRouter
+
     scope = _scope("http", b"/node/api/items", query_string=b"x=1")
+    headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"bench"), (b"accept", b"*/*")]
+    scope["headers"] = headers
+    host_scope = dict(scope, headers=[(b"host", b"node.localhost:8000"), *headers[1:]])
+    host_router = HostRouter(["localhost"], TunnelRegistry())
     number = 200_000
-    calls = {"inline split": _inline_split, "router.route": ROUTER.route}
+    calls = {
+        "inline split": (_inline_split, scope),
+        "router.route": (ROUTER.route, scope),
+        "host router, path URL": (host_router.route, scope),
+        "host router, host URL": (host_router.route, host_scope),
+    }
     best = dict.fromkeys(calls, float("inf"))
     for _ in range(15):  # interleaved, best of 15: the machine is shared
-        for name, call in calls.items():
+        for name, (call, scope) in calls.items():
             namespace = {"call": call, "scope": scope}
             elapsed = timeit.timeit("call(scope)", globals=namespace, number=number)
             best[name] = min(best[name], elapsed / number)
     for name, seconds in best.items():
-        print(f"{name:>14}: {seconds * 1e6:.2f} µs per request")
+        print(f"{name:>22}: {seconds * 1e6:.2f} µs per request")
 
 
 if __name__ == "__main__":  # pragma: no cover

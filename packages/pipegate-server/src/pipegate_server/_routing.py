@@ -225,7 +225,11 @@ class HostRouter:
     Cost over path routing, per request: one scan of the header list for ``host``
     and one dict lookup of its value in a cache of parsed hosts (at most
     ``_HOST_CACHE_SIZE`` entries, emptied when full, so a caller that sends random
-    Hosts costs a parse per request and no memory).
+    Hosts costs a parse per request and no memory). Best of 15 on a shared core,
+    CPython 3.11, three request headers, by ``uv run python
+    packages/pipegate-server/tests/test_server_routing.py``: a path URL 1.38 µs through
+    this router against 1.15 µs through :class:`PathRouter` alone (+0.23 µs, under
+    1 % of a relayed request's Python on the server); a host URL 0.86 µs.
     """
 
     __slots__ = ("_directory", "_domains", "_host_cache", "path")
