@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 from urllib.parse import urlsplit, urlunsplit
 
@@ -103,8 +104,8 @@ class Inspector:
             )
             try:
                 self._server = await loop.create_server(
-                    lambda api=api: HttpServerProtocol(  # type: ignore[misc]
-                        api, self._connections, connection_id=self.connection_id
+                    functools.partial(
+                        HttpServerProtocol, api, self._connections, connection_id=self.connection_id
                     ),
                     self.host,
                     port,
