@@ -607,3 +607,24 @@ async def test_pipelined_requests_are_answered_in_order_and_bounded(
         assert split_target("/a?b=1#frag") == ("/a", "b=1")
         assert split_target("//evil.example/x?y") == ("/x", "y")
         assert split_target("https://evil.example") == ("/", "")
+
+
+def test_the_host_guard_knows_its_own_names_for_each_kind_of_address() -> None:
+    from pipegate_client._inspect._api import HostGuard
+
+    loopback = HostGuard("127.0.0.1", 4040)
+    for name in ("127.0.0.1:4040", "localhost:4040", "LOCALHOST:4040", "[::1]:4040"):
+        assert loopback.allowed_host(name), name
+    for name in ("127.0.0.1", "127.0.0.1:4041", "evil.example:4040", "10.0.0.1:4040", ":4040"):
+        assert not loopback.allowed_host(name), name
+    # A wildcard address answers to any IP literal, never to a name (DNS rebinding).
+    wildcard = HostGuard("0.0.0.0", 4040)
+    for name in ("192.168.1.5:4040", "[fe80::1]:4040", "localhost:4040"):
+        assert wildcard.allowed_host(name), name
+    assert not wildcard.allowed_host("evil.example:4040")
+    assert not wildcard.allowed_host("192.168.1.5.nip.io:4040")
+    # A specific address answers to itself only.
+    lan = HostGuard("192.168.1.5", 4040)
+    assert lan.allowed_host("192.168.1.5:4040")
+    assert not lan.allowed_host("localhost:4040")
+    assert HostGuard("::1", 4040).allowed_host("[::1]:4040")
