@@ -259,6 +259,13 @@ async def test_edit_and_replay_changes_method_path_headers_and_body(
         echoed = json.loads(body_bytes(answer.json()["replay"]["response"]["body"]))
         assert echoed["body_len"] == 4
 
+        answer = await http.post(
+            f"/api/requests/{original['id']}/replay", json={"method": "POST", "body": ""}
+        )
+        echoed = json.loads(body_bytes(answer.json()["replay"]["response"]["body"]))
+        assert echoed["body_len"] == 0
+        assert ("content-length", "0") in [(n.lower(), v) for n, v in echoed["headers"]]
+
 
 async def test_replay_never_climbs_above_the_local_url_path(harness: ClientHarness) -> None:
     async with inspected(harness, local_url=harness.local_url + "/echo") as (fake, _c, http):

@@ -144,7 +144,8 @@ async def replay(
     except LocalPathError as exc:
         raise ReplayError(400, f"path: {exc.reason}") from None
     headers = request.headers_to_send()
-    body: AsyncIterator[bytes] | None = None if request.body is None else _once(request.body)
+    # An empty body is declared (Content-Length: 0) rather than sent.
+    body: AsyncIterator[bytes] | None = _once(request.body) if request.body else None
     started = recorder.now()
     try:
         response = await asyncio.wait_for(

@@ -376,7 +376,10 @@ function listen() {
     $("live").classList.remove("off");
     if (JSON.parse(event.data).version !== state.version) refresh();
   });
-  source.addEventListener("error", () => $("live").classList.add("off"));
+  source.addEventListener("error", () => {
+    $("live").classList.add("off");
+    if (source.readyState === EventSource.CLOSED) setInterval(refresh, 2000); // refused: poll
+  });
 }
 
 function start() {
