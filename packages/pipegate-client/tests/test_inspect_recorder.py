@@ -129,7 +129,7 @@ def test_websocket_messages_are_assembled_from_fragments_and_the_oldest_dropped(
     assert exchange.dropped_messages == 2
     assert recorder.captured == sum(len(m.body.data) for m in exchange.messages)
     recorder.websocket_close(channel, 1000, "done", sent=True)
-    assert exchange.closes == [(True, 1000, "done")]
+    assert exchange.closes == ((True, 1000, "done"),)
 
 
 def test_listeners_are_woken_by_each_change(shell: TunnelShell) -> None:

@@ -55,7 +55,9 @@ class Capture:
     __slots__ = ("data", "size")
 
     def __init__(self) -> None:
-        self.data = bytearray()
+        #: The bytes kept: the first piece as it came (bytes are immutable, so that is
+        #: a copy), a bytearray once a second piece is added.
+        self.data: bytes | bytearray = b""
         #: Bytes that passed, kept or not.
         self.size = 0
 
@@ -153,7 +155,7 @@ class Exchange:
         #: from the local app].
         self.open_messages: list[WebSocketMessage | None] = [None, None] if websocket else []
         #: WebSocket closes as (sent, code, reason), in the order they passed.
-        self.closes: list[tuple[bool, int, str]] = []
+        self.closes: tuple[tuple[bool, int, str], ...] = ()
         self.outcome = ""
         self.evicted = False
         #: The recorder's version when this exchange last changed.
@@ -277,7 +279,14 @@ class Recorder(StreamObserver):
             self._evict(self._exchanges.popleft())
         if want <= 0:
             return
-        part.data += data[:want] if want < size else data
+        piece = data[:want] if want < size or type(data) is not bytes else data
+        kept = part.data
+        if not kept:
+            part.data = piece if type(piece) is bytes else bytes(piece)
+        elif type(kept) is bytearray:
+            kept += piece
+        else:
+            part.data = bytearray(kept) + piece
         self.captured += want
 
     def response(
@@ -305,10 +314,11 @@ class Recorder(StreamObserver):
         self.captured -= exchange.captured_bytes()
         del self._by_id[exchange.id]
         if not exchange.finished:  # still referenced by the tunnel: let its bytes go now
-            exchange.request_body.data = bytearray()
-            exchange.response_body.data = bytearray()
-            exchange.messages.clear()
-            exchange.open_messages[:] = [None, None] if exchange.open_messages else []
+            exchange.request_body.data = b""
+            exchange.response_body.data = b""
+            if exchange.kind == "websocket":
+                exchange.messages.clear()
+                exchange.open_messages[:] = [None, None]
 
     # ------------------------------------------------------------ the observer
 
@@ -370,7 +380,7 @@ class Recorder(StreamObserver):
     ) -> None:
         exchange = self._live.get(channel)
         if exchange is not None:
-            exchange.closes.append((sent, code, reason))
+            exchange.closes = (*exchange.closes, (sent, code, reason))
             self.changed(exchange)
 
     def stream_ended(self, channel: StreamChannel) -> None:
