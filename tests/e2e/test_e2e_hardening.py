@@ -79,7 +79,8 @@ def test_frozen_client_is_detected_and_id_freed(tunnels: TunnelFactory) -> None:
         frozen_at = time.monotonic()
         pending = pool.submit(httpx.get, f"{tunnel.public_url}/echo/in-flight", timeout=30)
         wait_until(
-            lambda: True if probe_status(f"{tunnel.public_url}/echo/x", timeout=2) == 404 else None,
+            # Freed: its id answers "offline" (RT-6) until the client comes back.
+            lambda: True if probe_status(f"{tunnel.public_url}/echo/x", timeout=2) == 503 else None,
             timeout=15,
             what="the server to notice the frozen client and free its id",
         )
