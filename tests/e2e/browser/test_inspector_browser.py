@@ -1,7 +1,7 @@
 """The inspector page in a real Chromium (Playwright): requests sent through a real
 tunnel appear live, open, replay, edit and replay, copy as curl; a binary body shows as
-hex, an image as an image, and a 5 MiB download is truncated at the stated cap.
-Screenshots of each step are kept in ``artifacts/browser/``."""
+hex, an image as an image, a WebSocket stream with its messages, and a 5 MiB download
+is truncated at the stated cap. Screenshots of each step are kept in ``artifacts/browser/``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 from e2e_support import MiB, TunnelFactory, wait_until
 from playwright.sync_api import Locator, Page, expect
+from websockets.sync.client import connect
 
 #: The client's log line that names the inspector's URL.
 INSPECTOR_LINE = re.compile(r"inspector: (http://\S+)")
@@ -86,7 +87,9 @@ def test_the_inspector_page_shows_replays_and_edits_live_traffic(
     screenshot("04-replay")
 
     # Edit and replay: method, path, a header, the body.
+    expect(page.locator("#edit-form")).to_be_hidden()
     page.click("#edit-toggle")
+    expect(page.locator("#edit-form")).to_be_visible()
     page.fill("#edit-method", "PUT")
     page.fill("#edit-path", "/echo/edited?y=2")
     headers = page.input_value("#edit-headers")
@@ -118,6 +121,23 @@ def test_the_inspector_page_shows_replays_and_edits_live_traffic(
     assert http.post(f"{public}/respond", content=json.dumps(spec)).status_code == 200
     row(page, "/respond").click()
     expect(page.locator("#original img.body-image")).to_be_visible()
+
+    # A WebSocket stream with its messages both ways and its close.
+    ws_url = public.replace("http://", "ws://", 1) + "/ws/echo"
+    with connect(ws_url, open_timeout=10) as websocket:
+        websocket.send("hello over ws")
+        assert websocket.recv(timeout=10) == "hello over ws"
+        websocket.send(b"\x00\x01\x02")
+        assert websocket.recv(timeout=10) == b"\x00\x01\x02"
+    row(page, "/ws/echo").click()
+    expect(page.locator("#edit-form")).to_be_hidden()  # closed when another row opens
+    messages = page.locator("#original .ws-messages")
+    expect(messages.locator("li.ws-in").first).to_contain_text("hello over ws")
+    expect(messages.locator("li.ws-out").first).to_contain_text("hello over ws")
+    expect(messages.locator("li.ws-out pre.body-hex")).to_contain_text("00 01 02")
+    expect(page.locator("#original .ws-close").first).to_contain_text("1000")
+    expect(page.locator("#replay")).to_be_disabled()
+    screenshot("08-websocket")
 
     # A 5 MiB download streams through whole; the page shows 64 KiB and says so.
     size = 5 * MiB
