@@ -40,6 +40,7 @@ from pipegate_protocol import (
 )
 from pipegate_tunnel import StreamObserver
 
+from ._access import AccessChecker, Verdict
 from ._asgi import Receive, Scope, Send
 from ._auth import Authenticator, FailureTracker, load_tokens_file
 from ._direct import DIRECT_EXTENSION
@@ -122,6 +123,8 @@ class Gateway:
         self.directory: TunnelDirectory = directory
         self.registry: TunnelDirectory = directory
         self.relay = Relay(settings, directory)
+        #: Checks visitors against tunnels' access rules (bounded bcrypt work).
+        self.access = AccessChecker()
         self.authenticator = Authenticator(*self._load_credentials())
         self.agent = f"pipegate-server/{__version__}"
 
@@ -342,6 +345,43 @@ class Gateway:
             self.directory.forget(tunnel)
             logger.info("tunnel ended: id=%s", connection_id)
 
+    async def admitted(self, scope: Scope, receive: Receive, send: Send, route: Route) -> bool:
+        """Whether the visitor may reach ``route``'s tunnel; if not, it has been answered
+        401 (with ``WWW-Authenticate: Basic``), 403 or 429 and nothing crossed the
+        tunnel. Costs one dict lookup for a tunnel without rules."""
+        tunnel = self.directory.get(route.connection_id)
+        if tunnel is None or not tunnel.access:
+            return True
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+                break
+        client = scope.get("client")
+        peer = str(client[0]) if client else None
+        admission = await self.access.admit(tunnel.access, peer, authorization)
+        if admission.verdict is Verdict.ADMIT:
+            return True
+        status = admission.verdict.value
+        logger.info(
+            "visitor refused: id=%s addr=%s status=%d reason=%s",
+            route.connection_id,
+            peer or "-",
+            status,
+            admission.reason,
+        )
+        if scope["type"] == "websocket":
+            await receive()
+            await deny_websocket(scope, send, status, admission.reason, admission.headers)
+        else:
+            await send_plain(
+                send,
+                status,
+                admission.reason,
+                headers=[*admission.headers, (b"connection", b"close")],
+            )
+        return False
+
     async def not_found(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         """No tunnel serves ``route``: 503 while its id or hostname is offline (RT-6),
         404 otherwise, both with a one-line reason."""
@@ -398,11 +438,13 @@ class PipeGateApp(FastAPI):
         route = gateway.router.route(scope)
         kind = route.kind
         if kind is _RELAY_HTTP:
-            await gateway.relay.http(scope, receive, send, route)
+            if await gateway.admitted(scope, receive, send, route):
+                await gateway.relay.http(scope, receive, send, route)
         elif kind is _SERVER:
             await super().__call__(scope, receive, send)
         elif kind is _RELAY_WEBSOCKET:
-            await gateway.relay.websocket(scope, receive, send, route)
+            if await gateway.admitted(scope, receive, send, route):
+                await gateway.relay.websocket(scope, receive, send, route)
         elif kind is _TUNNEL:
             await gateway.tunnel_endpoint(scope, receive, send, route.connection_id)
         elif kind is _REDIRECT_SLASH:

@@ -9,6 +9,14 @@ The tokens file is TOML::
     max_tunnels = 4             # optional; default --max-tunnels-per-token
     hostnames = ["api.example.com", "*.alice.example.com"]   # optional (RT-4)
 
+``access`` (optional) sets visitor rules for every tunnel of that token, enforced
+before any byte crosses the tunnel (see ``_access``)::
+
+    [tokens.access]
+    users = { admin = "$2b$12$..." }      # HTTP basic auth, bcrypt hashes only
+    allow = ["192.0.2.0/24", "::1"]        # only these networks (optional)
+    deny = ["192.0.2.66"]                  # never these (optional)
+
 ``hostnames`` grants custom hostnames a client may ask for with ``--hostname``: an
 exact hostname, or ``*.<domain>`` for any name of exactly one more label. The shared
 token (``--client-token``) holds no hostname grants.
@@ -28,12 +36,13 @@ import math
 import time
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from pipegate_protocol import hostname_matches, normalize_hostname
 
+from ._access import AccessConfigError, AccessRules, parse_access_rules
 from .errors import TokensFileError, TooManyFailuresError
 
 __all__ = ["Authenticator", "Credential", "FailureTracker", "load_tokens_file"]
@@ -49,6 +58,8 @@ class Credential:
     max_tunnels: int | None = None
     #: Hostname grants in normal form: exact names or ``*.<domain>`` (RT-4).
     hostnames: tuple[str, ...] = ()
+    #: The operator's visitor rules for this token's tunnels (empty: none).
+    access: AccessRules = field(default_factory=AccessRules)
 
     def allows(self, connection_id: str) -> bool:
         if self.patterns is None:
@@ -111,6 +122,12 @@ def _credential(path: Path, index: int, entry: object, seen: set[bytes]) -> Cred
                 f"{where}: {grant!r} in 'hostnames' is not a hostname or '*.<domain>'"
             )
         grants.append(f"*.{normal}" if wildcard else normal)
+    access = AccessRules()
+    if "access" in entry:
+        try:
+            access = parse_access_rules(entry["access"], f"tokens file entry {name!r}")
+        except AccessConfigError as exc:
+            raise TokensFileError(f"{where}: {exc}") from None
     digest = _digest(token.strip())
     if digest in seen:
         raise TokensFileError(f"{where}: the same token appears twice")
@@ -121,6 +138,7 @@ def _credential(path: Path, index: int, entry: object, seen: set[bytes]) -> Cred
         patterns=tuple(ids),
         max_tunnels=max_tunnels,
         hostnames=tuple(grants),
+        access=access,
     )
 
 

@@ -40,6 +40,7 @@ from pipegate_protocol.errors import CloseCode, LocalProtocolError, MessageTooLa
 from pipegate_tunnel import Heartbeat, StreamChannel, StreamObserver, TunnelShell
 from pipegate_tunnel.errors import TransportClosed
 
+from ._access import AccessRules
 from ._asgi import Receive, Send, websocket_payload
 from ._auth import Credential
 from ._direct import DirectWebSocket
@@ -194,6 +195,9 @@ class Tunnel(TunnelShell):
         #: The hostnames the client asked for (a subset of ``hostnames``), re-checked
         #: against the token's grants on reload.
         self.custom_hostnames: tuple[str, ...] = tuple(custom_hostnames)
+        #: Visitor rule sets a request must pass before it opens a stream (issue 14):
+        #: the operator's, from the token's tokens-file entry.
+        self.access: tuple[AccessRules, ...] = (credential.access,) if credential.access else ()
         #: Whether the client is expected back: when this tunnel ends, its names answer
         #: 503 "offline" for the offline grace (RT-6). False once its token is revoked.
         self.comes_back = True
