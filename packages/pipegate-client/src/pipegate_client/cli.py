@@ -16,12 +16,14 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pipegate_tunnel import GC_YOUNG_THRESHOLD as GC_YOUNG_THRESHOLD
 from pipegate_tunnel import tune_gc as tune_gc
 
 from ._client import TunnelClient
+from ._config import describe, load_config
 from ._inspect import DEFAULT_INSPECT_ADDRESS, PORT_ATTEMPTS
 from ._logging import LineFormatter, TurnBufferedHandler
 from ._settings import DEFAULT_LOCAL_URL, ClientSettings
@@ -65,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
             "Exit codes: 0 stopped by SIGINT/SIGTERM, 1 error, 2 bad settings, "
             "3 token refused, 4 handshake refused, 5 the server URL is no tunnel endpoint."
         ),
+    )
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("PIPEGATE_CONFIG"),
+        metavar="FILE",
+        help="a TOML config file with the server, the token's source and several "
+        "[[tunnels]] (env PIPEGATE_CONFIG); instead of --server-url/--local-url",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the settings (or --config file), print what would be exposed, exit",
     )
     parser.add_argument(
         "--server-url",
@@ -200,7 +214,25 @@ def settings_from_args(args: argparse.Namespace) -> ClientSettings:
     )
 
 
-async def _serve(client: TunnelClient) -> None:
+def tunnels_from_args(args: argparse.Namespace) -> tuple[list[ClientSettings], str]:
+    """The settings of every tunnel to run, from ``--config`` or from the flags, and
+    what ``--check`` prints; raises :class:`ConfigurationError`."""
+    if args.config:
+        if args.server_url and args.server_url != os.environ.get("PIPEGATE_SERVER_URL"):
+            raise ConfigurationError("give either --config or --server-url, not both")
+        config = load_config(args.config, fast_path=args.fast_path)
+        tunnels = list(config.tunnels)
+        if args.no_inspect:
+            tunnels = [replace(t, inspect=None) for t in tunnels]
+        return tunnels, describe(config)
+    settings = settings_from_args(args)
+    summary = f"1 tunnel\n- {settings.connection_id}: {settings.server_url} -> {settings.local_url}"
+    return [settings], summary
+
+
+async def _serve(clients: Sequence[TunnelClient]) -> None:
+    """Run every client until all stop; the first that fails for good stops the others
+    (gracefully) and its error is raised."""
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -210,16 +242,30 @@ async def _serve(client: TunnelClient) -> None:
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen == 1:
-            client.stop()
+            for client in clients:
+                client.stop()
         else:
             logger.warning("second signal: stopping now")
             main_task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    tasks = [asyncio.create_task(client.run()) for client in clients]
     try:
-        await client.run()
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = next((task for task in tasks if task.done() and task.exception()), None)
+        if failed is not None:
+            for client in clients:
+                client.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if failed is not None:
+            error = failed.exception()
+            assert error is not None
+            raise error
     except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if signals_seen < 2:
             raise
     finally:
@@ -256,11 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level != "debug":
         logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
-        settings = settings_from_args(args)
-        client = TunnelClient(settings)
+        tunnels, summary = tunnels_from_args(args)
+        if args.check:
+            print(summary)
+            return EXIT_OK
+        clients = [TunnelClient(settings) for settings in tunnels]
         _lean_log_records()
         tune_gc()
-        _run(_serve(client))
+        _run(_serve(clients))
     except ClientError as exc:
         print(f"pipegate-client: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,91 @@
+"""One client process, two tunnels from one config file (issue 14), through a real
+server; ``--check`` and config mistakes as a user sees them on the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from e2e_support import CLIENT_ARGS, TunnelFactory, wait_relaying, ws_base
+
+CLIENT = [sys.executable, "-m", "pipegate_client"]
+
+
+def _config(tmp_path: Path, port: int, origin: str, token_env: str) -> Path:
+    path = tmp_path / "pipegate.toml"
+    path.write_text(
+        f'server_url = "{ws_base(port)}"\n'
+        f'token_env = "{token_env}"\n'
+        "inspect = false\n"
+        "[[tunnels]]\n"
+        'id = "first"\n'
+        f'local_url = "{origin}"\n'
+        "[[tunnels]]\n"
+        'id = "second"\n'
+        f'local_url = "{origin}/echo"\n'
+    )
+    return path
+
+
+def test_two_tunnels_from_one_config_in_one_process(tunnels: TunnelFactory, tmp_path: Path) -> None:
+    _server, port = tunnels.server()
+    path = _config(tmp_path, port, tunnels.origin_url, "PG_E2E_TOKEN")
+    env = {**os.environ, "PG_E2E_TOKEN": tunnels.token}
+    client = tunnels.group.start("client", [*CLIENT, "--config", str(path), *CLIENT_ARGS], env)
+    base = f"http://127.0.0.1:{port}"
+    wait_relaying(f"{base}/first", process=client)
+    assert httpx.get(f"{base}/first/echo/a", timeout=10).json()["raw_path"] == "/echo/a"
+    # The second tunnel's local URL has a path: /second/b reaches <origin>/echo/b.
+    assert httpx.get(f"{base}/second/b", timeout=10).json()["raw_path"] == "/echo/b"
+    output = client.output()
+    assert f"{base}/first/" in output
+    assert f"{base}/second/" in output
+    assert tunnels.token not in output
+    assert client.poll() is None  # one process serves both
+
+
+def test_check_prints_what_would_be_exposed_and_never_the_token(
+    tunnels: TunnelFactory, tmp_path: Path
+) -> None:
+    path = _config(tmp_path, 9, tunnels.origin_url, "PG_E2E_TOKEN")
+    env = {**os.environ, "PG_E2E_TOKEN": "secret-token-value-0123"}
+    result = subprocess.run(
+        [*CLIENT, "--config", str(path), "--check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 tunnel(s), token from $PG_E2E_TOKEN" in result.stdout
+    assert f"- second: ws://127.0.0.1:9/second -> {tunnels.origin_url}/echo" in result.stdout
+    assert "secret-token-value-0123" not in result.stdout + result.stderr
+
+
+def test_config_mistakes_exit_2_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "pipegate.toml"
+    path.write_text(
+        'server_url = "ws://127.0.0.1:9"\ntoken = "literal-secret-0123"\n'
+        '[[tunnels]]\nid = "x"\nlocal_url = "http://127.0.0.1:1"\n'
+    )
+    result = subprocess.run(
+        [*CLIENT, "--config", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("pipegate-client: pipegate.toml: token: a token written")
+    assert "literal-secret-0123" not in result.stderr
+    assert "Traceback" not in result.stderr
+    path.write_text(path.read_text().replace('token = "literal-secret-0123"', 'token_env = "X"'))
+    path.write_text(path.read_text().replace('local_url = "http://127.0.0.1:1"', "local = 1"))
+    result = subprocess.run(
+        [*CLIENT, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "X": "t"},
+    )
+    assert result.returncode == 2
+    assert "pipegate.toml: tunnels[1].local: unknown key" in result.stderr
