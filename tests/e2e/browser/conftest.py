@@ -32,15 +32,19 @@ def _chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_instance() -> Iterator[Playwright]:
+    """Module-scoped, not session-scoped: Playwright's sync API keeps an asyncio loop
+    running in this thread while it lives, and every pytest-asyncio test collected
+    after it (``conformance/tests``) would fail with "Runner.run() cannot be called
+    from a running event loop"."""
     # Playwright must never fetch a browser of its own.
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     with sync_playwright() as instance:
         yield instance
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_instance: Playwright) -> Iterator[Browser]:
     launched = playwright_instance.chromium.launch(
         executable_path=_chromium(),
