@@ -132,7 +132,7 @@ class Exchange:
         self.method = method
         self.path = path
         self.query = query
-        self.request_headers = tuple(headers)
+        self.request_headers = headers if type(headers) is tuple else tuple(headers)
         self.stream_id = stream_id
         self.replay_of = replay_of
         #: Wall-clock time the request head arrived (seconds since the epoch).
@@ -303,15 +303,19 @@ class Recorder(StreamObserver):
         self.changed(exchange)
 
     def changed(self, exchange: Exchange | None = None) -> None:
-        self.version += 1
+        self.version = version = self.version + 1
         if exchange is not None:
-            exchange.version = self.version
-        for event in self._listeners:
-            event.set()
+            exchange.version = version
+        if self._listeners:
+            for event in self._listeners:
+                event.set()
 
     def _evict(self, exchange: Exchange) -> None:
         exchange.evicted = True
-        self.captured -= exchange.captured_bytes()
+        kept = len(exchange.request_body.data) + len(exchange.response_body.data)
+        if exchange.messages:
+            kept += sum(len(message.body.data) for message in exchange.messages)
+        self.captured -= kept
         del self._by_id[exchange.id]
         if not exchange.finished:  # still referenced by the tunnel: let its bytes go now
             exchange.request_body.data = b""
@@ -323,13 +327,16 @@ class Recorder(StreamObserver):
     # ------------------------------------------------------------ the observer
 
     def stream_opened(self, channel: StreamChannel) -> None:
-        local = channel if isinstance(channel, LocalStream) else None
+        if isinstance(channel, LocalStream):
+            query, headers = channel.open.query, channel.open.headers
+        else:
+            query, headers = "", ()
         self._live[channel] = self.new_exchange(
             kind=channel.kind.value,
             method=channel.method,
             path=channel.path,
-            query=local.open.query if local is not None else "",
-            headers=local.open.headers if local is not None else (),
+            query=query,
+            headers=headers,
             opened_at=channel.opened_at,
             stream_id=channel.stream_id,
         )
