@@ -7,50 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from e2e_support import MiB, TunnelFactory, wait_until
-from playwright.sync_api import Browser, Locator, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect
 from websockets.sync.client import connect
-
-
-@pytest.fixture(scope="module")
-def playwright_instance() -> Iterator[Playwright]:
-    """Module-scoped here (the conftest's is session-scoped): Playwright's sync API keeps
-    an asyncio loop running in this thread while it lives, and every pytest-asyncio test
-    collected after it (``conformance/tests``) then fails with "Runner.run() cannot be
-    called from a running event loop"."""
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    with sync_playwright() as instance:
-        yield instance
-
-
-@pytest.fixture(scope="module")
-def browser(playwright_instance: Playwright) -> Iterator[Browser]:
-    """The conftest's browser (Debian's chromium, never a download), for this module."""
-    executable = (
-        os.environ.get("PIPEGATE_CHROMIUM")
-        or shutil.which("chromium")
-        or shutil.which("chromium-browser")
-    )
-    if not executable:
-        pytest.fail("no chromium on PATH (apt-get install -y chromium)", pytrace=False)
-    launched = playwright_instance.chromium.launch(
-        executable_path=executable,
-        headless=True,
-        args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
-    )
-    try:
-        yield launched
-    finally:
-        launched.close()
-
 
 #: The client's log line that names the inspector's URL.
 INSPECTOR_LINE = re.compile(r"inspector: (http://\S+)")
