@@ -509,3 +509,58 @@ def test_control_messages_are_frozen() -> None:
     ping = Ping(id=1)
     with pytest.raises(ValueError, match="frozen"):
         ping.id = 2  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- issue 15: FR-8, FR-9, WS-4
+
+
+@pytest.mark.parametrize("number", ["1.0", "1e2", "1E0", "-0.0", "100.00", "1e+0", "0.5"])
+def test_FR_8_numbers_with_fraction_or_exponent_are_decode_errors(number: str) -> None:
+    for text in (
+        f'{{"type":"ping","id":{number}}}',
+        f'{{"type":"window_update","stream_id":{number},"increment":1}}',
+    ):
+        with pytest.raises(DecodeError):
+            decode(text)
+
+
+def test_FR_8_minus_zero_is_zero_and_checked_against_the_range() -> None:
+    assert decode('{"type":"ping","id":-0}') == Ping(id=0)
+    with pytest.raises(DecodeError):
+        decode('{"type":"window_update","stream_id":-0,"increment":1}')  # stream id 0
+
+
+@pytest.mark.parametrize("ping_id", [2**53 - 1, 2**53, 2**53 + 1, 2**63 - 1])
+def test_FR_8_big_integers_decode_and_encode_exactly(ping_id: int) -> None:
+    text = f'{{"type":"ping","id":{ping_id}}}'
+    ping = decode(text)
+    assert isinstance(ping, Ping)
+    assert ping.id == ping_id
+    assert f'"id":{ping_id}' in str(encode(Pong(id=ping.id)))
+
+
+def test_FR_8_ping_ids_above_the_range_are_decode_errors() -> None:
+    with pytest.raises(DecodeError):
+        decode(f'{{"type":"ping","id":{2**63}}}')
+
+
+def test_FR_9_duplicate_member_names_keep_the_last_occurrence() -> None:
+    assert decode('{"type":"ping","id":1,"id":2}') == Ping(id=2)
+    hello = decode(
+        '{"type":"hello","version":"pipegate.v1","role":"client",'
+        '"limits":{"initial_window":5,"initial_window":7}}'
+    )
+    assert isinstance(hello, Hello)
+    assert hello.limits.initial_window == 7
+
+
+def test_WS_4_close_reason_counts_utf8_bytes_not_characters() -> None:
+    fits = "é" * 61 + "x"  # 123 bytes
+    assert decode(json.dumps({"type": "ws_close", "stream_id": 1, "reason": fits})) == (
+        WebSocketClose(stream_id=1, reason=fits)
+    )
+    too_long = "é" * 62  # 62 characters, 124 bytes
+    with pytest.raises(DecodeError, match="123 bytes"):
+        decode(json.dumps({"type": "ws_close", "stream_id": 1, "reason": too_long}))
+    with pytest.raises(DecodeError):
+        decode(json.dumps({"type": "ws_close", "stream_id": 1, "reason": "x" * 124}))

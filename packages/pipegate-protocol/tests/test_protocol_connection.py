@@ -1351,3 +1351,47 @@ def test_ER_1_any_message_sequence_is_accepted_or_a_remote_error(
         assert conn.open_streams <= 2
         for out in conn.data_to_send():
             decode(out)  # whatever it answers (pongs, updates, refusals) is well formed
+
+
+# ---------------------------------------------------------------- issue 15
+
+
+def test_WS_6_a_fragment_of_another_kind_inside_a_message_is_a_protocol_error() -> None:
+    server, client = pair()
+    stream_id = open_websocket(server, client)
+    client.receive(encode(WebSocketData(stream_id, b"he", text=True, fin=False)))
+    with pytest.raises(StreamStateError, match="another kind"):
+        client.receive(encode(WebSocketData(stream_id, b"llo", text=False, fin=True)))
+    assert client.state is ConnectionState.CLOSED
+
+
+def test_WS_6_kinds_may_change_between_messages_and_senders_cannot_mix_them() -> None:
+    server, client = pair()
+    stream_id = open_websocket(server, client)
+    server.send_websocket_data(stream_id, b"a", text=True, fin=False)
+    with pytest.raises(LocalProtocolError, match="WS-6"):
+        server.send_websocket_data(stream_id, b"b", text=False)
+    server.send_websocket_data(stream_id, b"b", text=True, fin=True)
+    server.send_websocket_data(stream_id, b"\x00", text=False, fin=True)
+    seen = transfer(server, client)
+    assert [(m.text, m.fin) for m in seen if isinstance(m, WebSocketData)] == [
+        (True, False),
+        (True, True),
+        (False, True),
+    ]
+
+
+def test_HS_6_unknown_version_wins_over_other_schema_errors() -> None:
+    client = client_awaiting_hello()
+    bad = json.dumps({"type": "hello", "version": "pipegate.v2", "role": "server", "limits": 7})
+    with pytest.raises(VersionMismatchError):
+        client.receive(bad)
+
+
+def test_LV_1_ping_ids_above_2_53_are_echoed_exactly() -> None:
+    client = client_with_server_hello()
+    for ping_id in (2**53 + 1, 2**63 - 1, 9007199254740993):
+        client.receive(f'{{"type":"ping","id":{ping_id}}}')
+        (pong,) = client.data_to_send()
+        assert isinstance(pong, str)
+        assert f'"id":{ping_id}' in pong  # the digits, not a rounded float

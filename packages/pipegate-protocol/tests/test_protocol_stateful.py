@@ -121,6 +121,8 @@ class TunnelMachine(RuleBasedStateMachine):
         self.client = Connection(Role.CLIENT)
         self.queues: dict[Role, list[str | bytes]] = {SERVER: [], CLIENT: []}  # by sender
         self.streams: dict[int, StreamModel] = {}
+        #: The kind of each side's unfinished WebSocket message per stream (WS-6).
+        self.ws_message_kind: dict[tuple[Role, int], bool | None] = {}
         self.pings_sent: dict[Role, list[int]] = {SERVER: [], CLIENT: []}
         self.pongs_seen: dict[Role, list[int]] = {SERVER: [], CLIENT: []}
 
@@ -402,7 +404,11 @@ class TunnelMachine(RuleBasedStateMachine):
         direction = model.direction_from(role)
         message: Message
         if websocket:
-            text, fin = data.draw(st.booleans()), data.draw(st.booleans())
+            # WS-6: a message keeps the kind of its first fragment.
+            ongoing = self.ws_message_kind.get((role, stream_id))
+            text = data.draw(st.booleans()) if ongoing is None else ongoing
+            fin = data.draw(st.booleans())
+            self.ws_message_kind[(role, stream_id)] = None if fin else text
             conn.send_websocket_data(stream_id, chunk, text=text, fin=fin)
             message = WebSocketData(stream_id, chunk, text=text, fin=fin)
         else:

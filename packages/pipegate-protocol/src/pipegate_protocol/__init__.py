@@ -31,6 +31,8 @@ from ._hostnames import (
     requested_hostnames,
 )
 from ._models import (
+    MAX_CLOSE_REASON_BYTES,
+    MAX_SAFE_PING_ID,
     MAX_STREAM_ID,
     MAX_WINDOW,
     ControlMessage,
@@ -93,7 +95,9 @@ __all__ = [
     "HOP_BY_HOP_HEADERS",
     "HOSTNAME_HEADER",
     "KNOWN_VERSIONS",
+    "MAX_CLOSE_REASON_BYTES",
     "MAX_REQUESTED_HOSTNAMES",
+    "MAX_SAFE_PING_ID",
     "MAX_STREAM_ID",
     "MAX_WINDOW",
     "PROXY_HEADERS",

@@ -91,6 +91,8 @@ class _Stream:
         "remote_open",
         "send_window",
         "websocket",
+        "ws_message_text",
+        "ws_sending_text",
     )
 
     def __init__(self, kind: StreamKind, send_window: int, recv_window: int) -> None:
@@ -103,6 +105,9 @@ class _Stream:
         self.local_open = True  # we may still send body data
         self.remote_open = True  # the peer may still send body data
         self.websocket = False  # a WebSocket stream the local app accepted (101)
+        # The kind of the peer's unfinished WebSocket message (WS-6): None between messages.
+        self.ws_message_text: bool | None = None
+        self.ws_sending_text: bool | None = None  # the same for our own messages
 
 
 class Connection:
@@ -392,7 +397,12 @@ class Connection:
             raise StreamStateError(
                 f"websocket data on stream {message.stream_id}, which is not an accepted websocket"
             )
+        if stream.ws_message_text is not None and stream.ws_message_text != message.text:
+            raise StreamStateError(
+                f"websocket fragment of another kind inside a message on stream {message.stream_id}"
+            )
         self._consume_window(message.stream_id, stream, len(message.data))
+        stream.ws_message_text = None if message.fin else message.text
         return message
 
     def _consume_window(self, stream_id: int, stream: _Stream, size: int) -> None:
@@ -541,8 +551,13 @@ class Connection:
         stream = self._live(stream_id)
         if not stream.websocket:
             raise LocalProtocolError(f"stream {stream_id} is not an accepted websocket")
+        if stream.ws_sending_text is not None and stream.ws_sending_text != text:
+            raise LocalProtocolError(
+                f"fragment of another kind inside a websocket message on stream {stream_id} (WS-6)"
+            )
         self._spend_window(stream_id, stream, len(data))
         self._outgoing.append(encode(WebSocketData(stream_id, data, text=text, fin=fin)))
+        stream.ws_sending_text = None if fin else text
 
     def send_websocket_close(self, stream_id: int, code: int = 1000, reason: str = "") -> None:
         """Relay a WebSocket close and end the stream (WS-4). No-op on a gone stream."""

@@ -14,11 +14,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from ._versions import ProtocolVersion
 
 __all__ = [
+    "MAX_CLOSE_REASON_BYTES",
+    "MAX_SAFE_PING_ID",
     "MAX_STREAM_ID",
     "MAX_WINDOW",
     "ControlMessage",
@@ -53,6 +55,20 @@ HeaderName = Annotated[str, Field(pattern=_TOKEN, min_length=1)]
 HeaderValue = Annotated[str, Field(pattern=_FIELD_VALUE)]
 #: One header field as a ``[name, value]`` pair; a list of them keeps order and duplicates.
 Header = tuple[HeaderName, HeaderValue]
+
+#: Ping ids above this are exact in JSON only for parsers that keep big integers (FR-8).
+MAX_SAFE_PING_ID = 2**53 - 1
+#: A WebSocket close reason fits a close frame: 123 bytes of UTF-8 (WS-4, ER-3).
+MAX_CLOSE_REASON_BYTES = 123
+
+
+def _close_reason_fits(reason: str) -> str:
+    if len(reason.encode("utf-8", errors="surrogatepass")) > MAX_CLOSE_REASON_BYTES:
+        raise ValueError(f"a close reason is at most {MAX_CLOSE_REASON_BYTES} bytes of UTF-8")
+    return reason
+
+
+_INTEGER_NOTE = " An integer without fraction or exponent (FR-8): 1.0 and 1e2 are invalid."
 
 
 class _Message(BaseModel):
@@ -115,7 +131,16 @@ class Hello(_Message):
     """First message each side sends after the WebSocket is accepted (HS-4, HS-5)."""
 
     type: Literal["hello"] = "hello"
-    version: ProtocolVersion
+    version: Annotated[
+        ProtocolVersion,
+        Field(
+            description=(
+                "The negotiated version (HS-3). A hello naming any other string is a "
+                "version mismatch (close 4003, HS-6), not a decode error, although "
+                "this schema lists only the versions it describes."
+            )
+        ),
+    ]
     role: Role
     limits: Limits = Limits()
     capabilities: tuple[str, ...] = ()
@@ -189,21 +214,46 @@ class WebSocketClose(_Message):
     type: Literal["ws_close"] = "ws_close"
     stream_id: StreamId
     code: Annotated[int, Field(ge=1000, le=4999)] = 1000
-    reason: Annotated[str, Field(max_length=123)] = ""
+    #: At most 123 bytes of UTF-8 (WS-4); JSON Schema can only bound characters.
+    reason: Annotated[
+        str,
+        Field(
+            max_length=MAX_CLOSE_REASON_BYTES,
+            description="At most 123 bytes of UTF-8 (WS-4, ER-3), not only 123 characters.",
+        ),
+        AfterValidator(_close_reason_fits),
+    ] = ""
 
 
 class Ping(_Message):
     """Liveness probe; the receiver answers with a :class:`Pong` of the same id (LV-1)."""
 
     type: Literal["ping"] = "ping"
-    id: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    id: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=2**63 - 1,
+            description=(
+                "Chosen by the pinger, SHOULD be at most 2^53-1; the pong echoes it exactly, "
+                "so a receiver must parse it without rounding (FR-8, LV-1)." + _INTEGER_NOTE
+            ),
+        ),
+    ]
 
 
 class Pong(_Message):
     """Answer to a :class:`Ping` (LV-1)."""
 
     type: Literal["pong"] = "pong"
-    id: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    id: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=2**63 - 1,
+            description="The id of the ping it answers, exactly (LV-1, FR-8)." + _INTEGER_NOTE,
+        ),
+    ]
 
 
 class GoAway(_Message):

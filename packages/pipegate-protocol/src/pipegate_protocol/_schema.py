@@ -33,7 +33,10 @@ def protocol_json_schema() -> str:
         "description": (
             "A PipeGate control message, sent as JSON in a WebSocket text message. "
             "Protocol versions: " + ", ".join(v.value for v in KNOWN_VERSIONS) + ". "
-            "Body bytes travel in binary data frames, described in docs/protocol.md."
+            "Body bytes travel in binary data frames, described in docs/protocol.md. "
+            "Stricter than JSON Schema can say: every integer is written without fraction "
+            "or exponent (1.0 and 1e2 are invalid, FR-8); no object repeats a member name "
+            "(FR-9); a ws_close reason is at most 123 bytes of UTF-8 (WS-4)."
         ),
         **schema,
     }
