@@ -100,6 +100,7 @@ def test_local_app_down_gives_502(
 
 
 @pytest.mark.rule("LV-3", "LV-5")
+@pytest.mark.side("both")
 def test_client_reconnects_after_server_restart(
     implementations: Implementations, origin: Origin
 ) -> None:

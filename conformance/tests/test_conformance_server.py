@@ -1,9 +1,10 @@
 """The server under test, driven by the reference client (no client under test involved).
 
 The reference client (:func:`connect_reference_client`) speaks the handshake and the
-hello exchange, answers streams by hand and sends hostile frames. The session tunnel
-(through the client under test) is used only as the bystander that must keep working
-when another tunnel breaks the rules (ER-4).
+hello exchange, answers streams by hand and sends hostile frames. The bystander that
+must keep working when another tunnel breaks the rules (ER-4) is a tunnel served by
+the reference client too (the ``bystander`` fixture), so a broken client under test
+cannot turn these into errors: every check here is the server's alone.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pipegate_conformance.harness import Tunnel
 from pipegate_conformance.plugin import ServerUnderTest, conformance_settings
 from pipegate_conformance.refpeer import (
     ReferenceClient,
+    ReferenceTunnel,
     TunnelRefused,
     connect_reference_client,
 )
@@ -68,7 +69,7 @@ def _get(url: str, **kw: Any) -> httpx.Response:
     return httpx.get(url, timeout=kw.pop("timeout", 40.0), **kw)
 
 
-def _bystander_works(tunnel: Tunnel) -> None:
+def _bystander_works(tunnel: ReferenceTunnel) -> None:
     response = _get(f"{tunnel.public_url}/echo/bystander")
     assert response.status_code == 200, "ER-4: another tunnel was affected"
     assert response.json()["raw_path"] == "/echo/bystander"
@@ -204,7 +205,9 @@ def test_unknown_id_is_404_naming_it(server: ServerUnderTest) -> None:
 
 
 @pytest.mark.rule("HD-13", "HS-1")
-def test_reserved_prefix_is_not_relayed(server: ServerUnderTest, tunnel: Tunnel) -> None:
+def test_reserved_prefix_is_not_relayed(
+    server: ServerUnderTest, bystander: ReferenceTunnel
+) -> None:
     """HD-13: /_pipegate/... never reaches a tunnel (the origin's echo never answers)."""
     response = _get(f"{server.http_base}/_pipegate/echo/x")
     assert "raw_path" not in response.text
@@ -395,7 +398,7 @@ RULES_OF = {
     "case", [pytest.param(name, marks=pytest.mark.rule(RULES_OF[name])) for name in HOSTILE]
 )
 async def test_server_closes_hostile_tunnel_only(
-    server: ServerUnderTest, tunnel: Tunnel, case: str
+    server: ServerUnderTest, bystander: ReferenceTunnel, case: str
 ) -> None:
     """ER-2: the server closes the offending tunnel with the documented code; a caller
     waiting on it gets 502 (LV-3); ER-4: the session tunnel keeps working."""
@@ -427,7 +430,7 @@ async def test_server_closes_hostile_tunnel_only(
             )
         else:
             assert outcome == 502, f"LV-3: a caller without a head must get 502, got {outcome}"
-    await asyncio.to_thread(_bystander_works, tunnel)
+    await asyncio.to_thread(_bystander_works, bystander)
 
 
 @pytest.mark.rule("HS-4", "HS-6", "ER-2")
@@ -450,14 +453,16 @@ async def test_server_checks_the_client_hello(
 
 
 @pytest.mark.rule("FR-5", "ER-2")
-async def test_server_closes_on_oversize_frame(server: ServerUnderTest, tunnel: Tunnel) -> None:
+async def test_server_closes_on_oversize_frame(
+    server: ServerUnderTest, bystander: ReferenceTunnel
+) -> None:
     """FR-5: a frame above the server's max_frame_size closes with 1009."""
     peer = await _connect(server)
     assert peer.server_hello is not None
     size = peer.server_hello.limits.max_frame_size + 1
     await peer.send_raw(b"\x00\x00\x00\x00\x01" + b"x" * size)
     assert await peer.wait_closed(within=30.0) == 1009
-    await asyncio.to_thread(_bystander_works, tunnel)
+    await asyncio.to_thread(_bystander_works, bystander)
 
 
 @pytest.mark.rule("FR-6", "ER-1")
@@ -465,7 +470,9 @@ async def test_server_closes_on_oversize_frame(server: ServerUnderTest, tunnel: 
 @given(
     junk=st.one_of(st.binary(max_size=4), st.text(max_size=30).filter(lambda t: "hello" not in t))
 )
-def test_server_survives_junk(server: ServerUnderTest, tunnel: Tunnel, junk: bytes | str) -> None:
+def test_server_survives_junk(
+    server: ServerUnderTest, bystander: ReferenceTunnel, junk: bytes | str
+) -> None:
     """FR-6: after the hellos, junk that is not a valid message closes the tunnel with
     1002 and nothing else happens (no crash: the bystander tunnel works)."""
 
@@ -479,4 +486,4 @@ def test_server_survives_junk(server: ServerUnderTest, tunnel: Tunnel, junk: byt
             await peer.close()
 
     assert asyncio.run(scenario()) == 1002
-    _bystander_works(tunnel)
+    _bystander_works(bystander)

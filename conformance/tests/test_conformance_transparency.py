@@ -36,9 +36,11 @@ from pipegate_conformance.plugin import conformance_settings
 from pipegate_conformance.rawhttp import RawResponse, raw_request
 from pipegate_conformance.support import (
     REWRITTEN_RESPONSE_HEADERS,
+    added_request_id_problem,
     cookie_relay_problem,
     expected_at_origin,
     extension_methods,
+    header_list,
     header_value,
     methods,
     paths,
@@ -150,7 +152,8 @@ def _check_headers(tunnel: Tunnel, headers: list[tuple[str, str]]) -> None:
     ]
     report = _echo(_send(tunnel, "GET", "/echo/headers", sent))
     sent_with_close = [*sent, (b"Connection", b"close")]
-    assert received_at_origin(report["headers"]) == expected_at_origin(sent_with_close)
+    received = received_at_origin(report["headers"], sent=sent_with_close)
+    assert received == expected_at_origin(sent_with_close)
     _check_forwarding(report, tunnel, caller_host)
 
 
@@ -202,6 +205,23 @@ def test_caller_supplied_forwarded_prefix_is_replaced(tunnel: Tunnel) -> None:
     report = _echo(_send(tunnel, "GET", "/echo/xfp", [(b"X-Forwarded-Prefix", b"/evil")]))
     prefixes = [v for n, v in report["headers"] if n.lower() == "x-forwarded-prefix"]
     assert prefixes == [f"/{tunnel.connection_id}"]
+
+
+@pytest.mark.rule("HD-5")
+def test_request_id_is_kept_or_added_once(tunnel: Tunnel) -> None:
+    """HD-5: a caller's own X-Request-Id reaches the local app unchanged, once and in
+    its place; without one, the server may add one (at most one, a printable token)."""
+    sent = [(b"X-PGC-Before", b"1"), (b"X-Request-Id", b"caller-id/42=="), (b"X-PGC-After", b"2")]
+    report = _echo(_send(tunnel, "GET", "/echo/request-id", sent))
+    got = [(n, v) for n, v in received_at_origin(report["headers"]) if n.startswith("x-")]
+    assert got == [
+        ("x-pgc-before", "1"),
+        ("x-request-id", "caller-id/42=="),
+        ("x-pgc-after", "2"),
+    ], "HD-5: the caller's X-Request-Id must arrive unchanged, once, in its place"
+    bare = _echo(_send(tunnel, "GET", "/echo/no-request-id", [(b"X-PGC", b"1")]))
+    added = [v for n, v in header_list(bare["headers"]) if n == "x-request-id"]
+    assert added_request_id_problem(added) is None, added_request_id_problem(added)
 
 
 @pytest.mark.rule("HD-5")

@@ -14,10 +14,18 @@ Options (see docs/conformance.md):
 ``--client-token T``
     the token of that server (default: a random one for servers the suite starts).
 ``--server-cmd TEMPLATE``
-    launch this server instead of ours; placeholders ``{port}`` and ``{token}``.
+    launch this server instead of ours; placeholders ``{port}``, ``{token}`` and
+    ``{token_file}``.
 ``--client-cmd TEMPLATE``
     launch this client instead of ours; placeholders ``{local_url}``,
-    ``{server_url}`` and ``{token}``.
+    ``{server_url}``, ``{token}`` and ``{token_file}``.
+``--env NAME=VALUE``
+    set an environment variable for every implementation the suite launches
+    (repeatable; no shell involved; the value may use ``{token}`` and
+    ``{token_file}``). ``PIPEGATE_CONFORMANCE_TOKEN`` always holds the token.
+``--side server|client|both``
+    run only the checks that exercise that side (``client`` keeps the black-box
+    checks, which exercise both; ``server`` keeps only the server's own checks).
 ``--server-domain D``
     the domain that server routes by hostname (RT-2): ``<id>.D`` reaches tunnel
     ``<id>``. Without it, checks of host routing are skipped for a server the suite
@@ -31,10 +39,13 @@ Options (see docs/conformance.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import secrets
 import ssl
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,12 +69,15 @@ from .harness import (
     wait_for_port,
     wait_for_tunnel,
 )
+from .refpeer import ReferenceTunnel
 
 __all__ = [
     "RULE_ID",
+    "SIDES",
     "Implementations",
     "Origin",
     "ServerUnderTest",
+    "bystander",
     "conformance_settings",
     "implementations",
     "origin",
@@ -73,8 +87,15 @@ __all__ = [
     "pytest_runtest_logreport",
     "pytest_sessionfinish",
     "server",
+    "side_of",
     "tunnel",
 ]
+
+#: Which implementation a check exercises: the server alone (driven by the reference
+#: client), the client alone (driven by the reference server), or both together.
+SIDES = ("server", "client", "both")
+#: The environment variable that always carries the token to launched implementations.
+TOKEN_ENV = "PIPEGATE_CONFORMANCE_TOKEN"
 
 #: A rule id of docs/protocol.md, e.g. ``HD-2``.
 RULE_ID = re.compile(r"^(VE|HS|FR|ST|FC|HD|WS|LV|ER|RT)-\d+$")
@@ -129,6 +150,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="launch this client; placeholders {local_url} {server_url} {token}",
     )
     group.addoption(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for launched implementations (repeatable); the value "
+        "may use {token} and {token_file}",
+    )
+    group.addoption(
+        "--side",
+        default="both",
+        choices=SIDES,
+        help="run only the checks exercising this side (client: client and black-box "
+        "checks; server: the server's own checks); default both",
+    )
+    group.addoption(
         "--server-domain",
         default=None,
         help="the domain the server under test routes by hostname (RT-2), e.g. localhost",
@@ -147,6 +183,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "rule(*ids): the docs/protocol.md rule ids a conformance test checks"
     )
+    config.addinivalue_line(
+        "markers",
+        "side(name): server, client or both: which implementation a conformance test "
+        "exercises (inferred from its fixtures when absent)",
+    )
+    for entry in config.getoption("env", default=None) or []:
+        if "=" not in entry or not entry.split("=", 1)[0]:
+            raise pytest.UsageError(f"--env takes NAME=VALUE, got {entry!r}")
     chosen = config.getoption("--hypothesis-profile", default=None)
     if chosen:
         _state["profile"] = chosen
@@ -154,6 +198,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--server-url needs --client-token")
     _state["results"] = {}
     _state["item_rules"] = {}
+    _state["item_sides"] = {}
+    _state["under_test"] = {
+        "server": config.getoption("server_url")
+        or config.getoption("server_cmd")
+        or "pipegate-server (this repository)",
+        "client": config.getoption("client_cmd") or "pipegate-client (this repository)",
+    }
 
 
 # ---------------------------------------------------------------------- collection
@@ -172,6 +223,27 @@ def _load_expected(path: str) -> set[str]:
     return entries
 
 
+def side_of(item: pytest.Item) -> str:
+    """The side a check exercises: its ``side`` marker, else inferred from its fixtures.
+
+    ``tunnel`` (the session tunnel) or ``server`` together with ``implementations``
+    (a tunnel of its own) means both; ``server`` alone means the reference client
+    drives the server (so do ``bystander`` and ``peer``); anything else (the reference
+    server, ``driven``, ``session``)
+    drives the client alone.
+    """
+    marker = item.get_closest_marker("side")
+    if marker is not None:
+        return str(marker.args[0])
+    info = getattr(item, "_fixtureinfo", None)  # the test's own arguments, not the closure
+    names = set(info.argnames if info is not None else getattr(item, "fixturenames", ()))
+    if "tunnel" in names or {"server", "implementations"} <= names:
+        return "both"
+    if names & {"server", "bystander", "peer"}:
+        return "server"
+    return "client"
+
+
 def _matches(entry: str, item: pytest.Item, rules: list[str]) -> bool:
     if RULE_ID.match(entry):
         return entry in rules
@@ -185,15 +257,25 @@ def pytest_collection_modifyitems(
     expected = _load_expected(expected_file) if expected_file else set()
     unmarked: list[str] = []
     used: set[str] = set()
+    wanted = config.getoption("side", default="both")
+    deselected: list[pytest.Item] = []
+    kept: list[pytest.Item] = []
     for item in items:
         if not _is_conformance_item(item):
+            kept.append(item)
             continue
         rules = [str(arg) for mark in item.iter_markers("rule") for arg in mark.args]
         bad = [rule for rule in rules if not RULE_ID.match(rule)]
-        if not rules or bad:
+        side = side_of(item)
+        if not rules or bad or side not in SIDES:
             unmarked.append(item.nodeid)
             continue
+        if (wanted == "server" and side != "server") or (wanted == "client" and side == "server"):
+            deselected.append(item)
+            continue
+        kept.append(item)
         _state["item_rules"][item.nodeid] = rules
+        _state["item_sides"][item.nodeid] = side
         hits = [entry for entry in expected if _matches(entry, item, rules)]
         if hits:
             used.update(hits)
@@ -206,8 +288,12 @@ def pytest_collection_modifyitems(
     if unmarked:
         raise pytest.UsageError(
             "every conformance test must carry @pytest.mark.rule('XX-n', ...) with valid "
-            "rule ids; missing or invalid on: " + ", ".join(unmarked)
+            "rule ids (and a side marker, if any, of server/client/both); missing or "
+            "invalid on: " + ", ".join(unmarked)
         )
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
     _state["expected_unused"] = sorted(expected - used)
 
 
@@ -251,7 +337,12 @@ def build_report() -> dict[str, Any]:
     for nodeid, result in _state.get("results", {}).items():
         for rule in _state["item_rules"].get(nodeid, []):
             per_rule.setdefault(rule, {"tests": []})["tests"].append(
-                {"test": nodeid, "outcome": result["outcome"], "reason": result["reason"]}
+                {
+                    "test": nodeid,
+                    "side": _state["item_sides"].get(nodeid, "both"),
+                    "outcome": result["outcome"],
+                    "reason": result["reason"],
+                }
             )
     titles = _spec_rules()
     report: dict[str, Any] = {}
@@ -275,6 +366,7 @@ def build_report() -> dict[str, Any]:
             status, reason = "skipped", "no conformance check for this rule (see docs)"
         report[rule] = {
             "title": titles.get(rule, ""),
+            "sides": sorted({test["side"] for test in tests}),
             "status": status,
             "reason": reason,
             "expected_failure": "expected_failure" in outcomes,
@@ -292,15 +384,33 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("conformance_report")
     if path and _state.get("item_rules"):
         rules = build_report()
-        counts: dict[str, int] = {}
-        for entry in rules.values():
-            counts[entry["status"]] = counts.get(entry["status"], 0) + 1
         document = {
-            "summary": counts,
+            "under_test": _state.get("under_test", {}),
+            "summary": build_summary(rules),
             "expected_failures_not_matching_any_test": _state.get("expected_unused", []),
             "rules": rules,
         }
         Path(path).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def build_summary(rules: dict[str, Any]) -> dict[str, Any]:
+    """Counts of checks (each test once, overall and per side) and of rules by status.
+
+    A check's outcome is one of passed, failed, skipped, expected_failure; a rule's
+    status one of passed, failed, skipped (see :func:`build_report`).
+    """
+    tests: dict[str, int] = {"total": 0}
+    by_side: dict[str, dict[str, int]] = {side: {"total": 0} for side in SIDES}
+    for nodeid, result in _state.get("results", {}).items():
+        outcome = result["outcome"]
+        side = _state["item_sides"].get(nodeid, "both")
+        for counts in (tests, by_side[side]):
+            counts["total"] += 1
+            counts[outcome] = counts.get(outcome, 0) + 1
+    rule_counts: dict[str, int] = {"total": len(rules)}
+    for entry in rules.values():
+        rule_counts[entry["status"]] = rule_counts.get(entry["status"], 0) + 1
+    return {"tests": tests, "tests_by_side": by_side, "rules": rule_counts}
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -373,7 +483,28 @@ class Implementations:
     remote_server: str | None
     #: ``--server-domain``: the domain of a server given by URL or command.
     server_domain: str | None = None
+    #: A file (mode 0600) holding the token and a newline: the ``{token_file}``
+    #: placeholder, so that the token need not appear on a command line.
+    token_file: str = ""
+    #: ``--env`` settings (templates, see :meth:`environment`).
+    env: dict[str, str] = field(default_factory=dict)
     started: list[ManagedProcess] = field(default_factory=list)
+
+    def placeholders(self, token: str | None = None) -> dict[str, str]:
+        """The values of ``{token}`` and ``{token_file}`` for a launch with ``token``."""
+        token = token or self.token
+        token_file = self.token_file
+        if token != self.token or not token_file:
+            token_file = _write_token_file(token)
+        return {"token": token, "token_file": token_file}
+
+    def environment(self, token: str | None = None) -> dict[str, str]:
+        """Environment additions for a launched implementation: the token in
+        ``PIPEGATE_CONFORMANCE_TOKEN`` and every ``--env`` setting, placeholders filled."""
+        values = self.placeholders(token)
+        env = {TOKEN_ENV: values["token"]}
+        env.update({name: value.format(**values) for name, value in self.env.items()})
+        return env
 
     @property
     def can_start_server(self) -> bool:
@@ -385,11 +516,11 @@ class Implementations:
         # Ours routes *.localhost by host (RT-2; loopback, no DNS needed).
         domain = self.server_domain if self.server_cmd else "localhost"
         argv = (
-            render_command(self.server_cmd, port=port, token=token)
+            render_command(self.server_cmd, port=port, **self.placeholders(token))
             if self.server_cmd
             else server_command(port, token, "--domain", "localhost")
         )
-        process = self.group.start("server", argv)
+        process = self.group.start("server", argv, self.environment(token))
         self.started.append(process)
         try:
             wait_for_port("127.0.0.1", port, timeout=20.0)
@@ -403,16 +534,42 @@ class Implementations:
         token = token or self.token
         if self.client_cmd:
             return render_command(
-                self.client_cmd, local_url=local_url, server_url=server_url, token=token
+                self.client_cmd,
+                local_url=local_url,
+                server_url=server_url,
+                **self.placeholders(token),
             )
         return client_command(local_url, server_url, token)
 
     def start_client(
         self, local_url: str, server_url: str, token: str | None = None
     ) -> ManagedProcess:
-        process = self.group.start("client", self.client_argv(local_url, server_url, token))
+        process = self.group.start(
+            "client", self.client_argv(local_url, server_url, token), self.environment(token)
+        )
         self.started.append(process)
         return process
+
+
+_TOKEN_FILES: list[str] = []
+
+
+def _write_token_file(token: str) -> str:
+    """A new file readable by this user only, holding ``token`` and a newline; removed
+    at the end of the session."""
+    fd, path = tempfile.mkstemp(prefix="pipegate-conformance-token-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp's mode is 0600
+        handle.write(token + "\n")
+    _TOKEN_FILES.append(path)
+    return path
+
+
+def _parse_env(entries: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for entry in entries:
+        name, _, value = entry.partition("=")
+        env[name] = value
+    return env
 
 
 def _normalize_server_url(url: str) -> str:
@@ -429,15 +586,22 @@ def implementations(request: pytest.FixtureRequest) -> Iterator[Implementations]
     config = request.config
     token = config.getoption("client_token") or f"conformance-{secrets.token_urlsafe(12)}"
     remote = config.getoption("server_url")
-    with ProcessGroup() as group:
-        yield Implementations(
-            group=group,
-            token=token,
-            server_cmd=config.getoption("server_cmd"),
-            client_cmd=config.getoption("client_cmd"),
-            remote_server=_normalize_server_url(remote) if remote else None,
-            server_domain=config.getoption("server_domain"),
-        )
+    try:
+        with ProcessGroup() as group:
+            yield Implementations(
+                group=group,
+                token=token,
+                server_cmd=config.getoption("server_cmd"),
+                client_cmd=config.getoption("client_cmd"),
+                remote_server=_normalize_server_url(remote) if remote else None,
+                server_domain=config.getoption("server_domain"),
+                token_file=_write_token_file(token),
+                env=_parse_env(config.getoption("env") or []),
+            )
+    finally:
+        while _TOKEN_FILES:
+            with contextlib.suppress(OSError):
+                os.unlink(_TOKEN_FILES.pop())
 
 
 @pytest.fixture(scope="session")
@@ -481,3 +645,21 @@ def tunnel(implementations: Implementations, origin: Origin, server: ServerUnder
     )
     wait_for_tunnel(tunnel.public_url, process=client, timeout=30.0)
     return tunnel
+
+
+@pytest.fixture(scope="session")
+def bystander(server: ServerUnderTest) -> Iterator[ReferenceTunnel]:
+    """A tunnel to the server under test served by the reference client (no client
+    under test): the bystander that must keep working when another tunnel breaks the
+    rules (ER-4), so that server checks never depend on the client under test."""
+    reference = ReferenceTunnel(
+        server.ws_url(f"bystander-{secrets.token_hex(4)}"),
+        server.token,
+        public_url_base=server.http_base,
+        ssl_context=server.ssl_context(),
+    )
+    reference.start()
+    try:
+        yield reference
+    finally:
+        reference.stop()

@@ -11,13 +11,18 @@ without any client and a client without any server.
   token and version like a real server), completes the hello exchange and lets a test
   open streams and send raw frames to the client, or turn hostile: flood it with
   WebSocket pings while reading nothing (:meth:`ServerSession.flood_pings`).
+* :class:`ReferenceTunnel` keeps a reference client connected in a thread of its own
+  and answers every HTTP stream with the request's raw path and query as JSON: a
+  tunnel through the server under test that needs no client under test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +35,7 @@ from pipegate_protocol import (
     Hello,
     Limits,
     Message,
+    Open,
     Ping,
     Pong,
     ProtocolVersion,
@@ -50,6 +56,7 @@ __all__ = [
     "PeerClosed",
     "ReferenceClient",
     "ReferenceServer",
+    "ReferenceTunnel",
     "ServerSession",
     "TunnelRefused",
     "connect_reference_client",
@@ -372,3 +379,88 @@ class ReferenceServer:
         """The next tunnel whose hello exchange completed."""
         async with asyncio.timeout(within):
             return await self.sessions.get()
+
+
+class ReferenceTunnel:
+    """A reference client serving a tunnel from a background thread.
+
+    Every HTTP stream is answered ``200`` with ``{"raw_path": ..., "query": ...}`` as
+    JSON (the shape of the origin app's ``/echo``); request bodies are read and
+    credited. :meth:`start` returns once the hellos are exchanged; :meth:`stop` closes
+    the tunnel and joins the thread.
+    """
+
+    def __init__(
+        self,
+        ws_url: str,
+        token: str,
+        *,
+        public_url_base: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.ws_url = ws_url
+        self.token = token
+        self.connection_id = ws_url.rstrip("/").rsplit("/", 1)[-1]
+        #: The path URL callers use: ``<server http base>/<connection id>``.
+        self.public_url = f"{public_url_base}/{self.connection_id}"
+        self.ssl_context = ssl_context
+        self.streams_answered = 0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="reference-tunnel", daemon=True)
+
+    def start(self, timeout: float = 20.0) -> ReferenceTunnel:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"reference tunnel {self.ws_url} not up after {timeout}s")
+        if self._error is not None:
+            raise RuntimeError(f"reference tunnel {self.ws_url}: {self._error!r}")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may have ended already
+                self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self._error is None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported by start() or alive
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        peer = await connect_reference_client(self.ws_url, self.token, ssl_context=self.ssl_context)
+        self._ready.set()
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                receiver = asyncio.ensure_future(_recv(peer.ws, 3600.0))
+                await asyncio.wait({receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not receiver.done():
+                    receiver.cancel()
+                    break
+                message = peer.conn.receive(receiver.result())
+                if isinstance(message, Open):
+                    body = json.dumps({"raw_path": message.path, "query": message.query})
+                    peer.conn.send_response(
+                        message.stream_id, 200, [("content-type", "application/json")]
+                    )
+                    peer.conn.send_data(message.stream_id, body.encode(), end_stream=True)
+                    self.streams_answered += 1
+                elif isinstance(message, Data) and message.data:
+                    peer.conn.acknowledge(message.stream_id, len(message.data))
+                await peer.flush()
+        finally:
+            stopper.cancel()
+            await peer.close()

@@ -22,7 +22,9 @@ __all__ = [
     "FORWARDING_HEADERS",
     "FRAMING_HEADERS",
     "RELAY_STAMP_HEADERS",
+    "REQUEST_ID_HEADER",
     "REWRITTEN_RESPONSE_HEADERS",
+    "added_request_id_problem",
     "cookie_relay_problem",
     "expected_at_origin",
     "extension_methods",
@@ -53,6 +55,8 @@ def rss_mib(pid: int) -> float:
 FORWARDING_HEADERS = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"}
 )
+#: A server MAY add it when the caller sent none, and MUST NOT replace a caller's (HD-5).
+REQUEST_ID_HEADER = "x-request-id"
 #: Body framing is chosen per hop (HD-4): Content-Length may appear or vanish, chunked
 #: encoding is re-applied where needed.
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
@@ -123,13 +127,39 @@ def expected_at_origin(sent: Sequence[tuple[Any, Any]]) -> list[tuple[str, str]]
     ]
 
 
-def received_at_origin(report_headers: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
-    """The origin's report minus what :func:`expected_at_origin` leaves out."""
-    return [
+def received_at_origin(
+    report_headers: Sequence[Sequence[str]], sent: Sequence[tuple[Any, Any]] | None = None
+) -> list[tuple[str, str]]:
+    """The origin's report minus what :func:`expected_at_origin` leaves out.
+
+    With ``sent`` (the caller's headers): when the caller sent no ``X-Request-Id``,
+    one ``X-Request-Id`` the server added (HD-5 allows it) is left out too, after
+    checking its form (:func:`added_request_id_problem`); a caller's own stays in the
+    comparison, so it must arrive unchanged and in place.
+    """
+    received = [
         (n, v)
         for n, v in header_list([(h[0], h[1]) for h in report_headers])
         if n != "host" and n not in FRAMING_HEADERS and n not in FORWARDING_HEADERS
     ]
+    if sent is None or any(n == REQUEST_ID_HEADER for n, _ in header_list(sent)):
+        return received
+    added = [v for n, v in received if n == REQUEST_ID_HEADER]
+    problem = added_request_id_problem(added)
+    assert problem is None, problem
+    return [(n, v) for n, v in received if n != REQUEST_ID_HEADER]
+
+
+def added_request_id_problem(values: Sequence[str]) -> str | None:
+    """Why the ``X-Request-Id`` values a server added to a request whose caller sent
+    none break HD-5 (at most one, a token of printable ASCII without spaces, at most
+    200 characters), or ``None``."""
+    if len(values) > 1:
+        return f"HD-5: the server added {len(values)} X-Request-Id headers, not at most one"
+    for value in values:
+        if not 1 <= len(value) <= 200 or not all("\x21" <= ch <= "\x7e" for ch in value):
+            return f"HD-5: an added X-Request-Id must be 1-200 printable ASCII, got {value!r}"
+    return None
 
 
 def relayable_response_headers(pairs: Sequence[tuple[Any, Any]]) -> list[tuple[str, str]]:
