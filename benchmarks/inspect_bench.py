@@ -93,6 +93,15 @@ def _throughput(url: str, client_pid: int, args: argparse.Namespace) -> dict[str
 
 
 def _round(setting: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One round; a start that fails (e.g. a free port taken meanwhile) is retried once."""
+    try:
+        return _round_once(setting, args)
+    except HarnessError as exc:
+        print(f"round {setting}: start failed ({exc}); retrying once", flush=True)
+        return _round_once(setting, args)
+
+
+def _round_once(setting: str, args: argparse.Namespace) -> dict[str, Any]:
     run = event_loop_runner()
     with ProcessGroup() as group, RssSampler() as sampler:
         tunnel = start_tunnel(
