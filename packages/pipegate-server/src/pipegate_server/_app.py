@@ -19,13 +19,16 @@ answering with a real HTTP response and one log line that never contains the tok
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pipegate_protocol import (
     KNOWN_VERSIONS,
     RESERVED_PREFIX,
@@ -38,12 +41,14 @@ from pipegate_protocol import (
     negotiate_version,
     requested_hostnames,
 )
-from pipegate_tunnel import StreamObserver
+from pipegate_tunnel import StreamObserver, StreamObservers
+from pydantic import BaseModel, Field
 
 from ._access import AccessChecker, Verdict
 from ._asgi import Receive, Scope, Send
 from ._auth import Authenticator, FailureTracker, load_tokens_file
 from ._direct import DIRECT_EXTENSION
+from ._metrics import CONTENT_TYPE, AccessLog, ServerMetrics
 from ._registry import Claim, TunnelDirectory, TunnelRegistry
 from ._relay import Relay, deny_websocket, offline_headers, send_plain
 from ._routing import HostRoute, HostRouter, PathRouter, Route, RouteKind, Router
@@ -68,6 +73,23 @@ _TUNNEL = RouteKind.TUNNEL
 _RELAY_HTTP = RouteKind.RELAY_HTTP
 _RELAY_WEBSOCKET = RouteKind.RELAY_WEBSOCKET
 _REDIRECT_SLASH = RouteKind.REDIRECT_SLASH
+
+
+def _read_admin_token(settings: ServerSettings) -> str | None:
+    """The admin token: ``settings.admin_token_file``'s content, else
+    ``settings.admin_token``; raises :class:`ConfigurationError`."""
+    path = settings.admin_token_file
+    if path is None:
+        return settings.admin_token or None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read admin token file {str(path)!r}: {exc.strerror}"
+        ) from None
+    if not token:
+        raise ConfigurationError(f"admin token file {str(path)!r} is empty")
+    return token
 
 
 def _read_token_file(settings: ServerSettings) -> str | None:
@@ -106,8 +128,6 @@ class Gateway:
         observer: StreamObserver | None = None,
     ) -> None:
         self.settings = settings
-        #: Sees every stream of tunnels connected from now on (none by default).
-        self.observer = observer
         if directory is None:
             directory = TunnelRegistry(
                 FailureTracker(
@@ -122,7 +142,24 @@ class Gateway:
         )
         self.directory: TunnelDirectory = directory
         self.registry: TunnelDirectory = directory
+        #: The Prometheus metrics (always counted; served only when asked for).
+        self.metrics = ServerMetrics(directory, per_tunnel=settings.metrics_per_tunnel)
+        observers: list[StreamObserver] = [self.metrics]
+        if settings.access_log:
+            observers.append(AccessLog())
+        if observer is not None:
+            observers.append(observer)
+        #: Sees every stream of tunnels connected from now on: the metrics, the access
+        #: log when enabled, and ``observer``.
+        self.observer: StreamObserver = (
+            observers[0] if len(observers) == 1 else StreamObservers(*observers)
+        )
         self.relay = Relay(settings, directory)
+        self.relay.metrics = self.metrics
+        #: The admin token (``/_pipegate/admin/``, ``/_pipegate/metrics``); None: off.
+        self.admin_token = _read_admin_token(settings)
+        #: Ids kicked through the admin API and until when (monotonic) they are held.
+        self._held: dict[str, float] = {}
         #: Checks visitors against tunnels' access rules (bounded bcrypt work).
         self.access = AccessChecker()
         self.authenticator = Authenticator(*self._load_credentials())
@@ -154,6 +191,8 @@ class Gateway:
         """
         try:
             self.authenticator.replace(*self._load_credentials())
+            if self.settings.admin_token_file is not None:
+                self.admin_token = _read_admin_token(self.settings)
         except ServerError as exc:
             logger.error("credentials reload failed, keeping the old ones: %s", exc)
             return False
@@ -171,6 +210,58 @@ class Gateway:
                 tunnel.close(CloseCode.TOKEN_REVOKED, "token revoked")
         logger.info("credentials reloaded: %d tunnel(s) closed for revoked tokens", revoked)
         return True
+
+    def kick(self, connection_id: str, reason: str = "") -> bool:
+        """Disconnect the tunnel holding ``connection_id``; False when none does.
+
+        Its client gets a go-away saying why and a close (1008), and its id is held
+        for ``settings.kick_hold`` seconds: a reconnect meanwhile is refused with 429
+        and Retry-After, so the client backs off instead of coming straight back.
+        """
+        tunnel = self.directory.get(connection_id)
+        if tunnel is None:
+            return False
+        text = "disconnected by the server's operator"
+        if reason:
+            text += f": {reason}"
+        if self.settings.kick_hold > 0:
+            now = time.monotonic()
+            self._held = {i: t for i, t in self._held.items() if t > now}
+            self._held[connection_id] = now + self.settings.kick_hold
+        logger.info("tunnel kicked: id=%s reason=%s", connection_id, reason or "-")
+        tunnel.goaway(GoAwayReason.SHUTDOWN, text[:200])
+        tunnel.close(CloseCode.POLICY_VIOLATION, "disconnected by the operator")
+        self.directory.release(tunnel)
+        return True
+
+    def held_for(self, connection_id: str) -> float:
+        """Seconds ``connection_id`` stays held after a kick (0: free)."""
+        until = self._held.get(connection_id)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._held[connection_id]
+            return 0.0
+        return left
+
+    def tunnels(self) -> list[dict[str, Any]]:
+        """What the admin API lists about each tunnel of this process."""
+        return [
+            {
+                "id": tunnel.connection_id,
+                "hostnames": list(tunnel.hostnames),
+                "token": tunnel.credential.label,
+                "peer": tunnel.remote,
+                "connected_since": tunnel.connected_since,
+                "open_streams": tunnel.active_streams,
+                "requests": tunnel.requests,
+                "bytes_in": tunnel.bytes_in,
+                "bytes_out": tunnel.bytes_out,
+                "closed": tunnel.closed,
+            }
+            for tunnel in sorted(self.directory.running(), key=lambda t: t.connection_id)
+        ]
 
     async def drain(self, grace: float | None = None) -> None:
         """Graceful shutdown: go-away to every tunnel, refuse new tunnels and requests
@@ -219,6 +310,7 @@ class Gateway:
                 status,
                 reason,
             )
+            self.metrics.handshake_refused(status)
             if delay:
                 await asyncio.sleep(delay)
             await deny_websocket(scope, send, status, reason, headers)
@@ -286,6 +378,16 @@ class Gateway:
         if self.draining:
             await refuse(503, "the server is shutting down")
             return
+        held = self.held_for(connection_id)
+        if held:
+            wait = str(max(1, int(held + 0.999)))
+            await refuse(
+                429,
+                f"connection id {connection_id!r} was disconnected by the operator; "
+                f"retry in {wait} s",
+                headers=[(b"retry-after", wait.encode("ascii"))],
+            )
+            return
         limit = (
             credential.max_tunnels
             if credential.max_tunnels is not None
@@ -307,6 +409,7 @@ class Gateway:
             hostnames=hostnames,
             custom_hostnames=custom,
             public_urls=self.router.public_urls(scope, connection_id, hostnames),
+            metrics=self.metrics,
         )
         claim = await self.directory.claim(tunnel, limit=limit)
         if claim is Claim.LIMIT_REACHED:
@@ -332,6 +435,7 @@ class Gateway:
         except OSError:
             self.directory.forget(tunnel)
             return
+        self.metrics.tunnel_connected()
         logger.info(
             "tunnel connected: id=%s addr=%s credential=%s hostnames=%s",
             connection_id,
@@ -343,7 +447,8 @@ class Gateway:
             await tunnel.run()
         finally:
             self.directory.forget(tunnel)
-            logger.info("tunnel ended: id=%s", connection_id)
+            self.metrics.tunnel_ended(tunnel)
+            logger.info("tunnel ended: id=%s code=%s", connection_id, tunnel.close_code)
 
     async def admitted(self, scope: Scope, receive: Receive, send: Send, route: Route) -> bool:
         """Whether the visitor may reach ``route``'s tunnel; if not, it has been answered
@@ -363,6 +468,7 @@ class Gateway:
         if admission.verdict is Verdict.ADMIT:
             return True
         status = admission.verdict.value
+        self.metrics.visitor_refused(status)
         logger.info(
             "visitor refused: id=%s addr=%s status=%d reason=%s",
             route.connection_id,
@@ -471,6 +577,7 @@ def create_app(
     from ._factory import ServerApp  # _factory imports this module
 
     gateway = Gateway(settings, router, directory)
+    admin = gateway.admin_token is not None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -482,9 +589,10 @@ def create_app(
     app = PipeGateApp(
         title="PipeGate server",
         version=__version__,
-        docs_url=None,
+        # The admin API's documentation exists only with the admin API.
+        docs_url=f"{_ADMIN}/docs" if admin else None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url=f"{_ADMIN}/openapi.json" if admin else None,
         lifespan=lifespan,
     )
     app.gateway = gateway
@@ -500,4 +608,100 @@ def create_app(
             "protocol_versions": [v.value for v in KNOWN_VERSIONS],
         }
 
+    if admin:
+        _add_admin_routes(app, gateway)
     return ServerApp(app, settings.forwarded_allow_ips)
+
+
+_ADMIN = f"/{RESERVED_PREFIX}/admin"
+_bearer = HTTPBearer(auto_error=False, description="The admin token (--admin-token-file)")
+
+
+class TunnelInfo(BaseModel):
+    """One tunnel of this server process."""
+
+    id: str
+    hostnames: list[str]
+    token: str = Field(description="The name of the tunnel's token in the tokens file")
+    peer: str = Field(description="The client's address")
+    connected_since: float = Field(description="Seconds since the epoch")
+    open_streams: int
+    requests: int = Field(description="Relayed requests that ended")
+    bytes_in: int = Field(description="Body bytes from callers, relayed to the client")
+    bytes_out: int = Field(description="Body bytes from the client, relayed to callers")
+    closed: bool = Field(description="Closed and finishing its last streams")
+
+
+class KickRequest(BaseModel):
+    reason: str = Field(default="", max_length=200, description="Told to the client")
+
+
+class ActionResult(BaseModel):
+    ok: bool
+    detail: str
+
+
+def _add_admin_routes(app: FastAPI, gateway: Gateway) -> None:
+    """``/_pipegate/admin/...`` and ``/_pipegate/metrics``, behind the admin token."""
+
+    def require_admin(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        expected = gateway.admin_token
+        if expected is None:  # pragma: no cover - routes exist only with a token
+            raise HTTPException(404)
+        if credentials is None:
+            raise HTTPException(
+                401,
+                "missing admin token: send 'Authorization: Bearer <admin token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="pipegate-admin"'},
+            )
+        if not hmac.compare_digest(
+            credentials.credentials.encode("utf-8"), expected.encode("utf-8")
+        ):
+            logger.warning("admin request refused: wrong admin token")
+            raise HTTPException(403, "wrong admin token")
+
+    guarded = [Depends(require_admin)]
+
+    @app.get(
+        f"{_ADMIN}/tunnels",
+        dependencies=guarded,
+        tags=["admin"],
+        response_model=list[TunnelInfo],
+    )
+    async def list_tunnels() -> list[dict[str, Any]]:
+        """The tunnels of this server process, by id."""
+        return gateway.tunnels()
+
+    @app.post(
+        f"{_ADMIN}/tunnels/{{connection_id}}/kick",
+        dependencies=guarded,
+        tags=["admin"],
+        responses={404: {"description": "No tunnel holds this id"}},
+    )
+    async def kick_tunnel(connection_id: str, body: KickRequest | None = None) -> ActionResult:
+        """Disconnect a tunnel: its client gets a go-away with the reason, and its id
+        is held for the kick hold (reconnects get 429 with Retry-After meanwhile)."""
+        if not gateway.kick(connection_id, body.reason if body else ""):
+            raise HTTPException(404, f"no tunnel is connected for id {connection_id!r}")
+        return ActionResult(ok=True, detail=f"tunnel {connection_id} disconnected")
+
+    @app.post(f"{_ADMIN}/reload", dependencies=guarded, tags=["admin"])
+    async def reload() -> ActionResult:
+        """Re-read the token files, as SIGHUP does (and the TLS certificate when the
+        server serves TLS)."""
+        ok = gateway.reload()
+        return ActionResult(
+            ok=ok, detail="reloaded" if ok else "reload failed: the old configuration stays"
+        )
+
+    @app.get(
+        f"/{RESERVED_PREFIX}/metrics",
+        dependencies=guarded,
+        tags=["admin"],
+        response_class=Response,
+    )
+    async def metrics() -> Response:
+        """The Prometheus metrics (text format)."""
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)

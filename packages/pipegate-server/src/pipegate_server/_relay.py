@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipegate_protocol import (
     CLIENT_TOKEN_HEADER,
@@ -61,9 +62,13 @@ from .errors import (
     TunnelOfflineError,
 )
 
+if TYPE_CHECKING:
+    from ._metrics import ServerMetrics
+
 __all__ = ["TRUSTED_PROXY", "Relay", "send_plain"]
 
 logger = logging.getLogger("pipegate.server")
+_access_logger = logging.getLogger("pipegate.access")
 
 #: Forwarding headers a caller sent that the server replaces (HD-5); X-Forwarded-For
 #: is appended to instead.
@@ -174,12 +179,48 @@ def _misdirected_handshake(scope: Scope) -> str | None:
     return None
 
 
+def _new_request_id() -> str:
+    """16 hex digits from the OS's random source (about 0.3 us)."""
+    return os.urandom(8).hex()
+
+
+def _log_refused(scope: Scope, connection_id: str, status: int) -> None:
+    """The access line of a request the server answered without a stream."""
+    if not _access_logger.isEnabledFor(logging.INFO):
+        return
+    client = scope.get("client")
+    visitor = str(client[0]) if client else ""
+    method = scope.get("method", "GET")
+    path = scope.get("path", "")
+    _access_logger.info(
+        "%s %s %s %d in=0 out=0 visitor=%s",
+        connection_id or "-",
+        method,
+        path,
+        status,
+        visitor or "-",
+        extra={
+            "tunnel": connection_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "duration_ms": 0.0,
+            "visitor": visitor,
+            "request_id": "",
+        },
+    )
+
+
 class Relay:
     """Relays public HTTP requests and WebSocket sessions to the tunnel for their id."""
 
     def __init__(self, settings: ServerSettings, registry: TunnelDirectory) -> None:
         self.settings = settings
         self.registry = registry
+        #: Counts requests the server answers without a stream (set by the gateway).
+        self.metrics: ServerMetrics | None = None
         self.draining = False
         #: Streams open per tunnel id and caller address (--max-streams-per-caller).
         self._callers: dict[str, dict[str, int]] = {}
@@ -282,8 +323,9 @@ class Relay:
 
     def _request_headers(
         self, scope: Scope, public_prefix: str, *, websocket: bool
-    ) -> tuple[list[tuple[str, str]], int | None, bool]:
-        """The headers to relay, the Content-Length and whether the body is chunked.
+    ) -> tuple[list[tuple[str, str]], int | None, bool, str]:
+        """The headers to relay, the Content-Length, whether the body is chunked, and
+        the request id (the caller's ``X-Request-Id``, else a new one, added, HD-5).
 
         Drops hop-by-hop headers (and those ``Connection`` names), replaces any
         X-Forwarded-Proto/Host/Prefix the caller sent, and appends the caller's address
@@ -303,6 +345,7 @@ class Relay:
         content_length: int | None = None
         chunked = False
         host = ""
+        request_id = ""
         forwarded_for: list[str] = []
         for name, value in raw:
             if name in drop:
@@ -321,6 +364,8 @@ class Relay:
                 content_length = length
             elif name == b"host":
                 host = value.decode("latin-1")
+            elif name == b"x-request-id":
+                request_id = value.decode("latin-1")
             elif name == b"x-forwarded-for":
                 if trusted:
                     forwarded_for.append(value.decode("latin-1"))
@@ -344,7 +389,12 @@ class Relay:
             peer=str(peer[0]) if peer else None,
             forwarded_for=forwarded_for,
         )
-        return headers, content_length, chunked
+        if not request_id:
+            # HD-5: an id joins the local app's log line and the server's; a caller's
+            # own id is relayed unchanged above.
+            request_id = _new_request_id()
+            headers.append(("x-request-id", request_id))
+        return headers, content_length, chunked, request_id
 
     async def _await_head(
         self,
@@ -394,7 +444,7 @@ class Relay:
         connection_id, path = route.connection_id, route.local_path
         try:
             tunnel = self._tunnel_for(connection_id)
-            headers, content_length, chunked = self._request_headers(
+            headers, content_length, chunked, request_id = self._request_headers(
                 scope, route.public_prefix, websocket=False
             )
             limit = self.settings.max_body_size
@@ -419,6 +469,8 @@ class Relay:
             except BaseException:
                 self._release_caller(connection_id, caller)
                 raise
+            channel.visitor = str(client[0]) if client else ""
+            channel.request_id = request_id
         except RelayError as exc:
             self._record_outcome(scope, connection_id, exc)
             await send_plain(
@@ -464,7 +516,7 @@ class Relay:
         try:
             head = await self._await_head(tunnel, channel, start_pump)
         except RelayError as exc:
-            self._record_outcome(scope, tunnel.connection_id, exc)
+            self._record_outcome(scope, tunnel.connection_id, exc, channel=channel)
             if isinstance(exc, CallerGoneError):
                 return
             extra = _error_headers(exc)
@@ -503,7 +555,11 @@ class Relay:
             # sent; the caller's connection is closed, which is the honest outcome.
             channel.reset(ResetCode.INTERNAL_ERROR, "invalid response from the local app")
             self._record_outcome(
-                scope, tunnel.connection_id, RelayError(f"invalid response: {exc}"), aborted=True
+                scope,
+                tunnel.connection_id,
+                RelayError(f"invalid response: {exc}"),
+                aborted=True,
+                channel=channel,
             )
         except asyncio.CancelledError:
             if task not in self._stalled:
@@ -512,7 +568,7 @@ class Relay:
             text = f"the caller read nothing for {self.settings.stream_idle_timeout:g} s"
             channel.reset(ResetCode.CANCELLED, text)
             self._record_outcome(
-                scope, tunnel.connection_id, CallerStalledError(text), aborted=True
+                scope, tunnel.connection_id, CallerStalledError(text), aborted=True, channel=channel
             )
         finally:
             writing.pop(task, None)
@@ -584,10 +640,18 @@ class Relay:
             return  # the stream already failed; the responding side reports it
 
     def _record_outcome(
-        self, scope: Scope, connection_id: str, error: RelayError, *, aborted: bool = False
+        self,
+        scope: Scope,
+        connection_id: str,
+        error: RelayError,
+        *,
+        aborted: bool = False,
+        channel: RelayChannel | None = None,
     ) -> None:
-        """The one place a relayed request's failure is written down (today the
-        ``request failed`` log line; later an observer's end-or-reset event).
+        """The one place a relayed request's failure is written down: the ``request
+        failed`` log line, and the status the caller got on ``channel`` (for the
+        metrics and the access log, which see the stream end). Without a stream the
+        server answered alone: it is counted and access-logged here.
 
         ``aborted`` means the response had started, so the caller saw its connection
         cut rather than ``error.status``. A caller that went away
@@ -595,6 +659,13 @@ class Relay:
         """
         if isinstance(error, CallerGoneError):
             return
+        if channel is not None:
+            if not aborted:
+                channel.answered = error.status
+        else:
+            if self.metrics is not None:
+                self.metrics.request_refused(error.status)
+            _log_refused(scope, connection_id, error.status)
         outcome = "aborted" if aborted else str(error.status)
         logger.info(
             "request failed: id=%s %s %s -> %s: %s",
@@ -627,7 +698,9 @@ class Relay:
                     f"to /<id>, not /{connection_id}/..."
                 )
             tunnel = self._tunnel_for(connection_id)
-            headers, _, _ = self._request_headers(scope, route.public_prefix, websocket=True)
+            headers, _, _, request_id = self._request_headers(
+                scope, route.public_prefix, websocket=True
+            )
             client = scope.get("client")
             caller = self._hold_caller(connection_id, scope)
             try:
@@ -645,6 +718,8 @@ class Relay:
             except BaseException:
                 self._release_caller(connection_id, caller)
                 raise
+            channel.visitor = str(client[0]) if client else ""
+            channel.request_id = request_id
         except RelayError as exc:
             self._record_outcome(scope, connection_id, exc)
             await deny_websocket(scope, send, exc.status, str(exc), _error_headers(exc))
@@ -667,7 +742,7 @@ class Relay:
         try:
             head = await self._await_head(tunnel, channel)
         except RelayError as exc:
-            self._record_outcome(scope, tunnel.connection_id, exc)
+            self._record_outcome(scope, tunnel.connection_id, exc, channel=channel)
             await deny_websocket(scope, send, exc.status, str(exc), _error_headers(exc))
             return
         if head.status != 101:

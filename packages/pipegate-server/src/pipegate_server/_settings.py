@@ -91,6 +91,19 @@ class ServerSettings:
     #: past websockets' parser, the direct tunnel line); False runs uvicorn's own
     #: protocols through public APIs only (``--no-fast-path``).
     fast_path: bool = True
+    #: The operator's token for ``/_pipegate/admin/`` and ``/_pipegate/metrics``
+    #: (issue 16); without it neither exists. Compared in constant time.
+    admin_token: str | None = field(default=None, repr=False)
+    #: Where ``admin_token`` was read from (re-read on SIGHUP).
+    admin_token_file: Path | None = None
+    #: Label request counts and open streams by tunnel id too (bounded only by how
+    #: many ids the tokens may claim: for servers with few, known ids).
+    metrics_per_tunnel: bool = False
+    #: One access line per public request on the ``pipegate.access`` logger.
+    access_log: bool = False
+    #: Seconds a tunnel kicked through the admin API must wait before its id can be
+    #: claimed again (its reconnect is refused with 429 and Retry-After meanwhile).
+    kick_hold: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.client_token and self.tokens_file is None:
@@ -123,6 +136,7 @@ class ServerSettings:
             "shutdown_grace": self.shutdown_grace,
             "bad_token_budget": self.bad_token_budget,
             "max_streams_per_caller": self.max_streams_per_caller,
+            "kick_hold": self.kick_hold,
         }
         for name, value in non_negative.items():
             if value < 0:

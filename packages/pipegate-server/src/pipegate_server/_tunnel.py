@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pipegate_protocol import (
     CAPABILITY_HOSTNAMES,
@@ -33,6 +34,7 @@ from pipegate_protocol import (
     Hello,
     ProtocolVersion,
     Reset,
+    ResetCode,
     Role,
     StreamKind,
 )
@@ -55,6 +57,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._metrics import ServerMetrics
     from ._registry import TunnelDirectory
 
 __all__ = ["AsgiTransport", "DirectTransport", "RelayChannel", "Tunnel"]
@@ -129,7 +132,14 @@ class DirectTransport(AsgiTransport):
 class RelayChannel(StreamChannel):
     """A stream as one relay sees it, with the relay's bookkeeping."""
 
-    __slots__ = ("progress_at", "request_done", "response_done")
+    __slots__ = (
+        "answered",
+        "progress_at",
+        "request_done",
+        "request_id",
+        "response_done",
+        "visitor",
+    )
 
     def __init__(
         self, shell: TunnelShell, stream_id: int, *, method: str, path: str, kind: StreamKind
@@ -140,6 +150,19 @@ class RelayChannel(StreamChannel):
         self.progress_at = self.opened_at
         self.request_done = False
         self.response_done = False
+        #: The status the server answered the caller with itself when no response
+        #: head came through (504, 502...); None when the caller got none.
+        self.answered: int | None = None
+        #: The caller's address and the request's X-Request-Id, for the access log.
+        self.visitor = ""
+        self.request_id = ""
+
+    def reset(self, code: ResetCode, message: str = "") -> None:
+        if not self.shell.closed and self.shell.conn.is_open(self.stream_id):
+            metrics = cast("Tunnel", self.shell).metrics
+            if metrics is not None:
+                metrics.stream_reset(code.value, "server")
+        super().reset(code, message)
 
 
 class Tunnel(TunnelShell):
@@ -163,6 +186,7 @@ class Tunnel(TunnelShell):
         hostnames: Sequence[str] = (),
         custom_hostnames: Sequence[str] = (),
         public_urls: Sequence[str] = (),
+        metrics: ServerMetrics | None = None,
     ) -> None:
         conn = Connection(
             Role.SERVER,
@@ -205,6 +229,15 @@ class Tunnel(TunnelShell):
         self._direct = direct
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self.accepted_at = self.loop.time()
+        #: Wall-clock time of the handshake (seconds since the epoch), for the admin API.
+        self.connected_since = time.time()
+        #: Counts the server's metrics; also keeps the totals below.
+        self.metrics = metrics
+        #: Relayed requests that ended, and their payload bytes in (from callers) and
+        #: out (to callers), kept by :class:`~._metrics.ServerMetrics`.
+        self.requests = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     @property
     def supports_websocket(self) -> bool:
@@ -259,6 +292,10 @@ class Tunnel(TunnelShell):
     def _on_closed(self) -> None:
         self.registry.release(self)
         self._fail_slot_waiters(self.tunnel_gone("closed"))
+
+    def _on_reset(self, channel: StreamChannel, message: Reset) -> None:
+        if self.metrics is not None:
+            self.metrics.stream_reset(message.code.value, "client")
 
     def reset_error(self, message: Reset) -> RelayError:
         text = f"the tunnel client reset the stream: {message.message or message.code.value}"
