@@ -98,8 +98,8 @@ SIDES = ("server", "client", "both")
 TOKEN_ENV = "PIPEGATE_CONFORMANCE_TOKEN"
 
 #: A rule id of docs/protocol.md, e.g. ``HD-2``.
-RULE_ID = re.compile(r"^(VE|HS|FR|ST|FC|HD|WS|LV|ER|RT)-\d+$")
-_SPEC_RULE = re.compile(r"\*\*((?:VE|HS|FR|ST|FC|HD|WS|LV|ER|RT)-\d+) — ([^*]+)\*\*")
+RULE_ID = re.compile(r"^(VE|HS|FR|ST|FC|HD|WS|LV|ER|RT|AC)-\d+$")
+_SPEC_RULE = re.compile(r"\*\*((?:VE|HS|FR|ST|FC|HD|WS|LV|ER|RT|AC)-\d+) — ([^*]+)\*\*")
 _SPEC = Path(__file__).resolve().parents[3] / "docs" / "protocol.md"
 _F = TypeVar("_F", bound=Callable[..., Any])
 

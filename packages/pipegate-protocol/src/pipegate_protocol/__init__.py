@@ -20,6 +20,7 @@ from ._handshake import (
     strip_hop_by_hop,
 )
 from ._hostnames import (
+    CAPABILITY_ACCESS,
     CAPABILITY_HOSTNAMES,
     HOSTNAME_HEADER,
     MAX_REQUESTED_HOSTNAMES,
@@ -35,6 +36,7 @@ from ._models import (
     MAX_SAFE_PING_ID,
     MAX_STREAM_ID,
     MAX_WINDOW,
+    AccessPolicy,
     ControlMessage,
     GoAway,
     GoAwayReason,
@@ -86,6 +88,7 @@ from .errors import (
 )
 
 __all__ = [
+    "CAPABILITY_ACCESS",
     "CAPABILITY_HOSTNAMES",
     "CAPABILITY_WEBSOCKET",
     "CLIENT_TOKEN_HEADER",
@@ -103,6 +106,7 @@ __all__ = [
     "PROXY_HEADERS",
     "PROXY_HEADER_PREFIX",
     "RESERVED_PREFIX",
+    "AccessPolicy",
     "CloseCode",
     "Connection",
     "ConnectionState",

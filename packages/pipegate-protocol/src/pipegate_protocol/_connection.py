@@ -36,6 +36,7 @@ from ._frames import FRAME_HEADER_SIZE, Data, Message, WebSocketData, decode, en
 from ._models import (
     MAX_STREAM_ID,
     MAX_WINDOW,
+    AccessPolicy,
     ControlMessage,
     GoAway,
     GoAwayReason,
@@ -130,6 +131,7 @@ class Connection:
         public_url: str | None = None,
         public_urls: Sequence[str] = (),
         hostnames: Sequence[str] = (),
+        access: AccessPolicy | None = None,
     ) -> None:
         self.role = role
         self.version = version
@@ -144,6 +146,7 @@ class Connection:
             public_url=public_url,
             public_urls=tuple(public_urls),
             hostnames=tuple(hostnames),
+            access=access,
         )
         self.peer_hello: Hello | None = None
         self.state = ConnectionState.AWAITING_HELLO

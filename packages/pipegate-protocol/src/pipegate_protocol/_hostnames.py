@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable
 
 __all__ = [
+    "CAPABILITY_ACCESS",
     "CAPABILITY_HOSTNAMES",
     "HOSTNAME_HEADER",
     "MAX_REQUESTED_HOSTNAMES",
@@ -39,6 +40,9 @@ HOSTNAME_HEADER = "pipegate-hostname"
 #: The capability a server lists in its hello when it routes by hostname and honours
 #: :data:`HOSTNAME_HEADER` (RT-4, HS-11).
 CAPABILITY_HOSTNAMES = "hostnames"
+#: The capability a server lists in its hello when it enforces the visitor rules of
+#: the client's hello (AC-1).
+CAPABILITY_ACCESS = "access"
 #: At most this many hostnames in one upgrade request (RT-4).
 MAX_REQUESTED_HOSTNAMES = 8
 

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_SAFE_PING_ID",
     "MAX_STREAM_ID",
     "MAX_WINDOW",
+    "AccessPolicy",
     "ControlMessage",
     "GoAway",
     "GoAwayReason",
@@ -127,6 +128,37 @@ class Limits(BaseModel):
     max_concurrent_streams: int = Field(default=128, ge=1, le=65535)
 
 
+#: A bcrypt hash as bcrypt writes it, cost 4 to 14 (AC-2): never a password.
+_BCRYPT_HASH = r"^\$2[aby]\$(0[4-9]|1[0-4])\$[./A-Za-z0-9]{53}$"
+#: A user name of basic auth: no ``:`` (it separates name and password) and no controls.
+_USER_NAME = r"^[^:\x00-\x1f\x7f]{1,64}$"
+#: An IPv4 or IPv6 address or CIDR network, as text (checked as a network by the server).
+_NETWORK = r"^[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?$"
+
+
+class AccessPolicy(BaseModel):
+    """Visitor rules a client declares for its tunnel in its hello (AC-1, AC-2): the
+    server admits a visitor only if it passes them, before any byte crosses the tunnel.
+
+    ``users`` maps basic-auth user names to bcrypt hashes of their passwords (the
+    password itself never leaves the client); ``allow`` (when not empty) and ``deny``
+    are IPv4/IPv6 networks in CIDR notation.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    users: Annotated[
+        dict[
+            Annotated[str, Field(pattern=_USER_NAME)], Annotated[str, Field(pattern=_BCRYPT_HASH)]
+        ],
+        Field(max_length=64),
+    ] = {}
+    allow: Annotated[
+        tuple[Annotated[str, Field(pattern=_NETWORK)], ...], Field(max_length=256)
+    ] = ()
+    deny: Annotated[tuple[Annotated[str, Field(pattern=_NETWORK)], ...], Field(max_length=256)] = ()
+
+
 class Hello(_Message):
     """First message each side sends after the WebSocket is accepted (HS-4, HS-5)."""
 
@@ -154,6 +186,9 @@ class Hello(_Message):
     public_urls: tuple[str, ...] = ()
     #: Server only (RT-4): every hostname the tunnel is reached at, in normal form.
     hostnames: tuple[str, ...] = ()
+    #: Client only (AC-1): the visitor rules the server must enforce for this tunnel;
+    #: ``null`` for none. A server without the ``access`` capability ignores it.
+    access: AccessPolicy | None = None
 
 
 class Open(_Message):
