@@ -22,7 +22,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Annotated, Any
@@ -160,6 +160,9 @@ class Gateway:
         self.admin_token = _read_admin_token(settings)
         #: Ids kicked through the admin API and until when (monotonic) they are held.
         self._held: dict[str, float] = {}
+        #: Called by :meth:`reload` after the credentials (the command line adds the
+        #: TLS certificate's reload); each returns False when it kept the old state.
+        self.reload_hooks: list[Callable[[], bool]] = []
         #: Checks visitors against tunnels' access rules (bounded bcrypt work).
         self.access = AccessChecker()
         self.authenticator = Authenticator(*self._load_credentials())
@@ -184,7 +187,8 @@ class Gateway:
     # ------------------------------------------------------------------ operations
 
     def reload(self) -> bool:
-        """Re-read the token file and the tokens file; close tunnels whose token went.
+        """Re-read the token file, the tokens file and the admin token file; close
+        tunnels whose token went; then run :attr:`reload_hooks`.
 
         Connected tunnels whose credential is still valid for their id are not
         touched. On a read error the old credentials stay and False is returned.
@@ -209,7 +213,10 @@ class Gateway:
                 tunnel.goaway(GoAwayReason.TOKEN_REVOKED, "the token was revoked")
                 tunnel.close(CloseCode.TOKEN_REVOKED, "token revoked")
         logger.info("credentials reloaded: %d tunnel(s) closed for revoked tokens", revoked)
-        return True
+        ok = True
+        for hook in self.reload_hooks:
+            ok = hook() and ok
+        return ok
 
     def kick(self, connection_id: str, reason: str = "") -> bool:
         """Disconnect the tunnel holding ``connection_id``; False when none does.
@@ -453,9 +460,23 @@ class Gateway:
     async def admitted(self, scope: Scope, receive: Receive, send: Send, route: Route) -> bool:
         """Whether the visitor may reach ``route``'s tunnel; if not, it has been answered
         401 (with ``WWW-Authenticate: Basic``), 403 or 429 and nothing crossed the
-        tunnel. Costs one dict lookup for a tunnel without rules."""
+        tunnel. Costs one dict lookup for a tunnel without rules, and an attribute test
+        for the client's hello, which may carry rules (AC-4): a request that comes
+        before it waits for it (the hello timeout bounds the wait)."""
         tunnel = self.directory.get(route.connection_id)
-        if tunnel is None or not tunnel.access:
+        if tunnel is None:
+            return True
+        if tunnel.conn.peer_hello is None and not await tunnel.wait_hello():
+            # AC-4: the client's rules come in its hello; nothing passes before it.
+            if scope["type"] == "websocket":
+                await receive()
+                await deny_websocket(scope, send, 503, "the tunnel is not ready yet")
+            else:
+                await send_plain(
+                    send, 503, "the tunnel is not ready yet", headers=offline_headers()
+                )
+            return False
+        if not tunnel.access:
             return True
         authorization = None
         for name, value in scope["headers"]:

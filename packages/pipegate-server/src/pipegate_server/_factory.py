@@ -15,13 +15,19 @@ The command line and programmatic users get the same stack from here:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
+import socket
+import ssl
+from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from pipegate_protocol import RESERVED_PREFIX
+from prometheus_client import start_http_server
 
 from ._asgi import Receive, Scope, Send
 from ._internals import (
@@ -37,6 +43,8 @@ if TYPE_CHECKING:
     from ._app import Gateway, PipeGateApp
 
 __all__ = ["PipeGateServer", "ServerApp", "create_server", "uvicorn_config"]
+
+logger = logging.getLogger("pipegate.server")
 
 #: Environment variable naming the proxies whose X-Forwarded-* headers are trusted,
 #: as uvicorn reads it; nobody when unset (an explicit opt-in, like the flag).
@@ -113,8 +121,13 @@ def uvicorn_config(
     Server and Date headers are off so relayed responses carry only the local app's.
     h11 buffers at most ``_internals.head_limit(max_header_size)`` bytes of a head.
     ``settings.fast_path=False`` selects uvicorn's own protocols (public API only).
+    uvicorn's access log is always off and ``access_log`` is accepted for
+    compatibility: the server's own access log is ``settings.access_log``.
     """
-    _install_websocket_log_filter(access_log)
+    # uvicorn's own access lines are always off: the server's access log
+    # (``settings.access_log``, ``_metrics.AccessLog``) has the tunnel, bytes and ids.
+    del access_log
+    _install_websocket_log_filter(False)
     if not isinstance(app, PeerKeepingProxyHeaders):
         trusted = os.environ.get(FORWARDED_ALLOW_IPS, "127.0.0.1")
         app = PeerKeepingProxyHeaders(app, trusted_hosts=trusted)  # type: ignore[arg-type]
@@ -126,7 +139,7 @@ def uvicorn_config(
         ssl_keyfile=ssl_keyfile,
         ssl_certfile=ssl_certfile,
         log_level=log_level,
-        access_log=access_log,
+        access_log=False,
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=False,
         ws_ping_interval=None,
@@ -148,21 +161,118 @@ def uvicorn_config(
 
 
 class PipeGateServer(uvicorn.Server):
-    """uvicorn, but the first SIGTERM/SIGINT drains the gateway before stopping, and
-    SIGHUP reloads its credentials."""
+    """uvicorn, but the first SIGTERM/SIGINT drains the gateway before stopping, SIGHUP
+    reloads its credentials and its TLS certificate, the startup line is PipeGate's
+    banner, and the metrics may be served on their own address.
 
-    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+    Certificate reload: the new certificate and key are loaded into a fresh context
+    first (so a broken pair keeps the old one), then into the live ``SSLContext``
+    uvicorn's listener uses: new handshakes get the new certificate, established
+    connections (tunnels) keep theirs and stay up.
+
+    Reaches under uvicorn (pinned in pyproject.toml): ``config.ssl``, the listener's
+    context after ``config.load()``, and ``_log_started_message``, replaced by the
+    banner.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        gateway: Gateway,
+        *,
+        metrics_addr: tuple[str, int] | None = None,
+    ) -> None:
         super().__init__(config)
         self.gateway = gateway
+        self.metrics_addr = metrics_addr
+        #: The separate metrics listener's bound address, once serving.
+        self.metrics_bound: tuple[str, int] | None = None
+        self._metrics_httpd: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._drain_task: asyncio.Task[None] | None = None
+        if config.ssl_certfile:
+            gateway.reload_hooks.append(self.reload_certificate)
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
         if hasattr(signal, "SIGHUP"):
             self._loop.add_signal_handler(signal.SIGHUP, self.gateway.reload)
-        await super().serve(sockets)  # type: ignore[arg-type]
+        if self.metrics_addr is not None:
+            self._start_metrics(*self.metrics_addr)
+        try:
+            await super().serve(sockets)  # type: ignore[arg-type]
+        finally:
+            if self._metrics_httpd is not None:
+                self._metrics_httpd.shutdown()
+                self._metrics_httpd.server_close()
+                self._metrics_httpd = None
+
+    def _start_metrics(self, host: str, port: int) -> None:
+        """The metrics on their own address (prometheus-client's threaded server);
+        no token there: bind it to loopback or a private network."""
+        httpd, _ = start_http_server(port, host, registry=self.gateway.metrics.registry)
+        self._metrics_httpd = httpd
+        bound = httpd.server_address
+        self.metrics_bound = (str(bound[0]), int(bound[1]))
+
+    def reload_certificate(self) -> bool:
+        """Load the certificate files again (see the class docstring); False when
+        they cannot be loaded, and the old certificate stays."""
+        config = self.config
+        live = getattr(config, "ssl", None)
+        certfile, keyfile = config.ssl_certfile, config.ssl_keyfile
+        if live is None or not certfile:
+            return True
+        try:
+            probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            probe.load_cert_chain(certfile, keyfile, config.ssl_keyfile_password)
+            live.load_cert_chain(certfile, keyfile, config.ssl_keyfile_password)
+        except (OSError, ssl.SSLError) as exc:
+            logger.error("certificate reload failed, keeping the old one: %s", exc)
+            return False
+        logger.info("certificate reloaded: %s", certfile)
+        return True
+
+    def _log_started_message(self, listeners: Sequence[socket.SocketType]) -> None:
+        """The banner: PipeGate, its version, listen URLs, domains, health and metrics."""
+        from ._app import __version__
+
+        scheme = "https" if self.config.ssl_certfile else "http"
+        urls = []
+        for listener in listeners:
+            address = listener.getsockname()
+            if isinstance(address, tuple):
+                host = address[0]
+                urls.append(f"{scheme}://{f'[{host}]' if ':' in host else host}:{address[1]}")
+            else:
+                urls.append(f"unix:{address}")
+        base = urls[0] if urls else ""
+        gateway = self.gateway
+        settings = gateway.settings
+        metrics = []
+        if self.metrics_bound is not None:
+            metrics.append(f"http://{self.metrics_bound[0]}:{self.metrics_bound[1]}/metrics")
+        if gateway.admin_token is not None:
+            metrics.append(f"{base}/{RESERVED_PREFIX}/metrics (admin token)")
+        health = f"{base}/{RESERVED_PREFIX}/health"
+        logger.info(
+            "PipeGate server %s listening on %s; domains: %s; health: %s; metrics: %s; "
+            "admin API: %s (Press CTRL+C to quit)",
+            __version__,
+            ", ".join(urls) or "-",
+            ", ".join(settings.domains) or "-",
+            health,
+            ", ".join(metrics) or "off",
+            f"{base}/{RESERVED_PREFIX}/admin/" if gateway.admin_token is not None else "off",
+            extra={
+                "version": __version__,
+                "listen": urls,
+                "domains": list(settings.domains),
+                "health": health,
+                "metrics": metrics,
+            },
+        )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining or self._loop is None:
@@ -192,6 +302,7 @@ def create_server(
     log_level: str = "info",
     access_log: bool = False,
     http: str = "auto",
+    metrics_addr: tuple[str, int] | None = None,
     **overrides: Any,
 ) -> PipeGateServer:
     """The server for ``settings``, as the command line runs it: ``create_server(...).run()``.
@@ -201,6 +312,8 @@ def create_server(
     """
     from ._app import create_app  # _app builds on this module's ServerApp
 
+    if access_log and not settings.access_log:
+        settings = dataclasses.replace(settings, access_log=True)
     app = create_app(settings)
     config = uvicorn_config(
         app,
@@ -214,7 +327,7 @@ def create_server(
         http=http,
         **overrides,
     )
-    return PipeGateServer(config, app.gateway)
+    return PipeGateServer(config, app.gateway, metrics_addr=metrics_addr)
 
 
 class WebSocketAccessLogFilter(logging.Filter):

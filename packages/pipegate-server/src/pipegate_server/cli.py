@@ -5,13 +5,16 @@ The server never runs open: without a client token (``--client-token-file``, env
 status 2 and says how to give one. SIGTERM and SIGINT drain gracefully (go-away to
 every tunnel, 503 to new requests, streams in flight get ``--shutdown-grace``
 seconds) and the process exits 0; a second signal exits at once. SIGHUP re-reads the
-token file and the tokens file.
+token file, the tokens file, the admin token file and the TLS certificate.
+
+The admin API and ``/_pipegate/metrics`` exist only with an admin token, read from
+``--admin-token-file`` or env ``PIPEGATE_ADMIN_TOKEN`` (never from a flag's value).
+Every log line, uvicorn's included, goes through one formatter (``--log-format``).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
@@ -23,12 +26,14 @@ from pipegate_tunnel import tune_gc as tune_gc
 
 from ._app import __version__
 from ._factory import PipeGateServer, create_server, uvicorn_config
+from ._logs import LOG_FORMATS, configure_logging
 from ._settings import ServerSettings
 from .errors import ConfigurationError
 
 __all__ = [
     "build_parser",
     "main",
+    "parse_addr",
     "parse_size",
     "server_from_args",
     "settings_from_args",
@@ -36,6 +41,7 @@ __all__ = [
 ]
 
 TOKEN_ENV = "PIPEGATE_CLIENT_TOKEN"
+ADMIN_TOKEN_ENV = "PIPEGATE_ADMIN_TOKEN"
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _DEFAULTS = ServerSettings(client_token="-")
@@ -47,6 +53,19 @@ def parse_size(text: str) -> int:
     if match is None:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1048576, 64KiB, 1GiB)")
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"``, ``"[::1]:9100"`` or ``"9100"`` (host 127.0.0.1)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"not an address: {text!r} (examples: 9100, 127.0.0.1:9100)"
+        )
+    return host, int(port)
 
 
 def _size_help(value: int) -> str:
@@ -215,13 +234,50 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.shutdown_grace,
         help=f"seconds in-flight requests get after SIGTERM (default {d.shutdown_grace:g})",
     )
-    parser.add_argument(
+    ops = parser.add_argument_group("operations")
+    ops.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help=f"file holding the admin token (also env {ADMIN_TOKEN_ENV}); enables "
+        "/_pipegate/admin/ (list and kick tunnels, reload) and /_pipegate/metrics",
+    )
+    ops.add_argument(
+        "--metrics-addr",
+        type=parse_addr,
+        metavar="[HOST:]PORT",
+        help="also serve the Prometheus metrics at http://HOST:PORT/metrics, without a "
+        "token (default host 127.0.0.1; default: off)",
+    )
+    ops.add_argument(
+        "--metrics-per-tunnel",
+        action="store_true",
+        help="label request counts and open streams by tunnel id too (only for few, known ids)",
+    )
+    ops.add_argument(
+        "--kick-hold",
+        type=float,
+        default=d.kick_hold,
+        help="seconds a tunnel kicked through the admin API must wait before its id can "
+        f"be claimed again (default {d.kick_hold:g})",
+    )
+    ops.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
         help="log level (default info)",
     )
-    parser.add_argument("--access-log", action="store_true", help="log every public request")
+    ops.add_argument(
+        "--log-format",
+        default="text",
+        choices=list(LOG_FORMATS),
+        help="text, or json: one JSON object per line (uvicorn's lines too; default text)",
+    )
+    ops.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one line per public request: tunnel id, method, path, status, bytes both "
+        "ways, duration, visitor address, request id",
+    )
     parser.add_argument(
         "--http",
         choices=["auto", "httptools", "h11"],
@@ -262,6 +318,10 @@ def settings_from_args(
             raise ConfigurationError(f"--client-token-file {str(token_file)!r} is empty")
     elif not token:
         token = environ.get(TOKEN_ENV, "").strip() or None
+    admin_token = None
+    if args.admin_token_file is None:
+        # Never from the command line alone: a flag's value is visible in ps.
+        admin_token = environ.get(ADMIN_TOKEN_ENV, "").strip() or None
     return ServerSettings(
         client_token=token,
         client_token_file=token_file,
@@ -287,6 +347,11 @@ def settings_from_args(
         stream_idle_timeout=args.stream_idle_timeout,
         max_streams_per_caller=args.max_streams_per_caller,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        admin_token=admin_token,
+        admin_token_file=args.admin_token_file,
+        metrics_per_tunnel=args.metrics_per_tunnel,
+        access_log=args.access_log,
+        kick_hold=args.kick_hold,
     )
 
 
@@ -302,6 +367,9 @@ def server_from_args(args: argparse.Namespace, settings: ServerSettings) -> Pipe
         log_level=args.log_level,
         access_log=args.access_log,
         http=args.http,
+        metrics_addr=args.metrics_addr,
+        # Logging is configured once by configure_logging (main), uvicorn included.
+        log_config=None,
     )
 
 
@@ -314,10 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"pipegate-server: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_format, args.log_level)
     tune_gc()
     server.run()
     return 0
