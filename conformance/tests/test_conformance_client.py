@@ -470,6 +470,10 @@ HOSTILE: dict[str, tuple[int, list[str | bytes]]] = {
         1002,
         ['{"type": "goaway", "last_stream_id": 0, "reason": "shutdown"}', _raw_open(1)],
     ),
+    "integer-with-fraction": (1002, ['{"type": "ping", "id": 1.0}']),
+    "integer-with-exponent": (1002, ['{"type": "ping", "id": 1e2}']),
+    "integer-as-string": (1002, ['{"type": "ping", "id": "1"}']),
+    "boolean-as-integer": (1002, [_raw_open(1).replace('"end_stream":true', '"end_stream":1')]),
 }
 RULES_OF = {
     "malformed-json": "FR-6",
@@ -483,6 +487,10 @@ RULES_OF = {
     "stream-id-not-increasing": "ST-1",
     "window-overflow": "FC-5",
     "open-after-goaway": "LV-4",
+    "integer-with-fraction": "FR-8",
+    "integer-with-exponent": "FR-8",
+    "integer-as-string": "FR-1",
+    "boolean-as-integer": "FR-1",
 }
 
 

@@ -68,15 +68,18 @@ RESET_STATUS = {
 #: WS-4/WS-5: a ``ws_close`` code received from the tunnel -> the code the receiver
 #: closes its hop with. Sendable codes pass unchanged (WS-4); 1005, 1006 and 1015 "MUST
 #: NOT appear in a WebSocket close frame ... A receiver that gets one of them anyway
-#: closes its hop with 1011" (WS-5).
+#: closes its hop with 1011; so it does for every other code in 1000..4999 that a
+#: close frame may not carry (1004, 1016..2999)" (WS-5).
 CLOSE_CODE_AT_HOP = {
     1000: 1000,
     1001: 1001,
     1008: 1008,
     4321: 4321,
+    1004: 1011,
     1005: 1011,
     1006: 1011,
     1015: 1011,
+    2000: 1011,
 }
 
 #: WS-4: "reset also ends a WebSocket stream; the receiver then closes its WebSocket

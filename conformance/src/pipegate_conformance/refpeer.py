@@ -51,8 +51,11 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request
 from websockets.http11 import Response as HttpResponse
+from websockets.typing import Subprotocol
 
 __all__ = [
+    "OFFERED",
+    "Observed",
     "PeerClosed",
     "ReferenceClient",
     "ReferenceServer",
@@ -188,6 +191,7 @@ async def connect_reference_client(
     ssl_context: ssl.SSLContext | None = None,
     within: float = 10.0,
     extra_headers: Sequence[tuple[str, str]] = (),
+    agent: str = "pipegate-conformance-reference-client",
 ) -> ReferenceClient:
     """Open a tunnel to ``ws_url`` (``ws://host/<id>``) and exchange hellos.
 
@@ -221,7 +225,7 @@ async def connect_reference_client(
         Role.CLIENT,
         limits=limits,
         capabilities=capabilities,
-        agent="pipegate-conformance-reference-client",
+        agent=agent,
     )
     peer = ReferenceClient(ws, conn)
     if send_hello:
@@ -277,6 +281,31 @@ class ServerSession(_Endpoint):
         self.ws.transport.abort()
 
 
+class _Offered:
+    """Type of :data:`OFFERED`."""
+
+
+#: Select the negotiated version as subprotocol, as a correct server does.
+OFFERED = _Offered()
+
+
+@dataclass
+class Observed:
+    """What a client did on a tunnel the reference server did not run as a session.
+
+    ``close_code`` is the code of the client's close frame, ``None`` when the
+    connection ended without one, ``-1`` when it was still open after the wait.
+    """
+
+    messages: list[str | bytes]
+    close_code: int | None
+    seconds: float
+
+    @property
+    def sent_hello(self) -> bool:
+        return any(isinstance(m, str) and '"hello"' in m for m in self.messages)
+
+
 class ReferenceServer:
     """A minimal PipeGate server: handshake rules, hello exchange, nothing else.
 
@@ -294,9 +323,22 @@ class ReferenceServer:
         hello_timeout: float = 10.0,
         refuse_with: int | None = None,
         public_url: str | None = None,
+        subprotocol: str | _Offered | None = OFFERED,
+        hello_payload: str | None = None,
     ) -> None:
         self.token = token
         self.refuse_with = refuse_with
+        #: The subprotocol the 101 selects: ``OFFERED`` (the negotiated version, as a
+        #: real server does), ``None`` (no subprotocol) or any token (HS-3 checks).
+        self.subprotocol = subprotocol
+        #: Sent instead of our hello (``""``: send no hello at all, HS-10). A tunnel
+        #: with such a hello, or with a wrong subprotocol, is not a session: what the
+        #: client did is recorded in :attr:`observed` instead.
+        self.hello_payload = hello_payload
+        #: Upgrade requests that reached the server (refused ones included).
+        self.upgrades = 0
+        #: One :class:`Observed` per tunnel that was not run as a session.
+        self.observed: asyncio.Queue[Observed] = asyncio.Queue()
         #: The public URL the hello announces (a hostile one for escape checks).
         self.public_url = public_url
         self.host = host
@@ -308,11 +350,13 @@ class ReferenceServer:
         self._server: Server | None = None
 
     async def __aenter__(self) -> ReferenceServer:
+        select = None if self.subprotocol is OFFERED else self._select_subprotocol
         self._server = await serve(
             self._handler,
             self.host,
             0,
             subprotocols=[version.value for version in ProtocolVersion],  # type: ignore[misc]
+            select_subprotocol=select,
             process_request=self._process_request,
             max_size=None,
             ping_interval=None,
@@ -331,9 +375,16 @@ class ReferenceServer:
     def url(self, connection_id: str) -> str:
         return f"ws://{self.host}:{self.port}/{connection_id}"
 
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        assert not isinstance(self.subprotocol, _Offered)
+        return None if self.subprotocol is None else Subprotocol(self.subprotocol)
+
     def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> HttpResponse | None:
+        self.upgrades += 1
         token = extract_client_token(request.headers.raw_items())
         offered = [
             item.strip()
@@ -355,6 +406,9 @@ class ReferenceServer:
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
+        if self.subprotocol is not OFFERED or self.hello_payload is not None:
+            await self._observe(ws)
+            return
         version = ProtocolVersion(ws.subprotocol) if ws.subprotocol else ProtocolVersion.V1
         connection_id = (ws.request.path if ws.request else "/x").strip("/") or "x"
         conn = Connection(
@@ -374,6 +428,30 @@ class ReferenceServer:
         await self.sessions.put(session)
         await ws.wait_closed()
         session.closed.set()
+
+    async def _observe(self, ws: ServerConnection, within: float = 60.0) -> None:
+        """Send the configured hello (if any), then record what the client sends until
+        it closes: its messages and its close code, and how long that took."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if self.hello_payload:
+            await ws.send(self.hello_payload)
+        messages: list[str | bytes] = []
+        code: int | None = None
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    messages.append(await ws.recv())
+        except websockets.ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+        except TimeoutError:
+            code = -1
+        await self.observed.put(Observed(messages, code, loop.time() - started))
+
+    async def next_observed(self, within: float = 60.0) -> Observed:
+        """What the client did on the next tunnel that was not run as a session."""
+        async with asyncio.timeout(within):
+            return await self.observed.get()
 
     async def next_session(self, within: float = 20.0) -> ServerSession:
         """The next tunnel whose hello exchange completed."""
