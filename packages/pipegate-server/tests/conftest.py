@@ -227,6 +227,7 @@ async def fake_client(
     max_streams: int = 128,
     websocket: bool = True,
     headers: dict[str, str] | None = None,
+    access: Any = None,
 ) -> AsyncIterator[FakeClient]:
     ws = await connect(
         server.ws_url(connection_id),
@@ -240,6 +241,7 @@ async def fake_client(
         capabilities=[CAPABILITY_WEBSOCKET] if websocket else [],
         limits=Limits(max_concurrent_streams=max_streams),
         agent="fake-client",
+        access=access,
     )
     client = FakeClient(ws, conn, handler)
     await client.flush()

@@ -233,3 +233,76 @@ async def test_rules_are_enforced_before_the_tunnel_sees_anything(pg: Any, tmp_p
                 pass
         assert refused.value.response.status_code == 401
         assert seen == ["/ok"]
+
+
+# ---------------------------------------------------------------------- AC: the client's rules
+
+
+async def test_rules_in_the_clients_hello_are_enforced(pg: Any) -> None:
+    from pipegate_protocol import CAPABILITY_ACCESS, AccessPolicy
+
+    seen: list[str] = []
+
+    async def handler(client: Any, stream: Any) -> None:
+        seen.append(stream.open.path)
+        await pg.echo_handler(client, stream)
+
+    policy = AccessPolicy(users={"admin": HASH}, deny=("127.0.0.2",))
+    async with (
+        pg.start_server() as server,
+        pg.fake_client(server, "mine", handler, access=policy) as client,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        assert CAPABILITY_ACCESS in client.conn.peer_hello.capabilities
+        assert (await http.get(f"{server.base}/mine/x")).status_code == 401
+        assert (await http.get(f"{server.base}/mine/x", auth=("admin", "nope"))).status_code == 401
+        assert seen == []
+        ok = await http.get(f"{server.base}/mine/in", auth=("admin", "s3cret"))
+        assert ok.status_code == 200
+        other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(transport=other, timeout=10) as from_other:
+            refused = await from_other.get(f"{server.base}/mine/x", auth=("admin", "s3cret"))
+        assert refused.status_code == 403
+        assert seen == ["/in"]
+
+
+async def test_unusable_declared_rules_close_the_tunnel_with_1008(pg: Any) -> None:
+    from pipegate_protocol import AccessPolicy
+
+    policy = AccessPolicy(allow=("999.1.2.3",))  # schema-shaped, not a network
+    async with (
+        pg.start_server() as server,
+        pg.fake_client(server, "bad", pg.echo_handler, access=policy) as client,
+    ):
+        await asyncio.wait_for(client.ws.wait_closed(), 5)
+        assert client.ws.close_code == 1008
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(f"{server.base}/bad/x")).status_code in (404, 503)
+
+
+async def test_a_request_before_the_clients_hello_waits_for_its_rules(pg: Any) -> None:
+    """The server may not open a stream before it knows the client's rules (AC-4)."""
+    from pipegate_protocol import AccessPolicy, Connection, Limits, ProtocolVersion, Role
+
+    async with pg.start_server() as server, httpx.AsyncClient(timeout=10) as http:
+        ws = await connect(
+            server.ws_url("slow"),
+            subprotocols=[ProtocolVersion.V1.value],  # type: ignore[list-item]
+            additional_headers={"Authorization": f"Bearer {pg.token}"},
+        )
+        try:
+            await ws.recv()  # the server's hello; ours is not sent yet
+            request = asyncio.create_task(http.get(f"{server.base}/slow/x"))
+            await asyncio.sleep(0.3)
+            assert not request.done()  # waiting for the hello, not relayed
+            conn = Connection(
+                Role.CLIENT,
+                limits=Limits(),
+                access=AccessPolicy(users={"admin": HASH}),
+            )
+            for payload in conn.data_to_send():
+                await ws.send(payload)
+            response = await asyncio.wait_for(request, 10)
+            assert response.status_code == 401  # the rules applied to it
+        finally:
+            await ws.close()

@@ -42,8 +42,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import bcrypt
+from pipegate_protocol import AccessPolicy
 
-__all__ = ["AccessChecker", "AccessRules", "Admission", "Verdict", "parse_access_rules"]
+__all__ = [
+    "AccessChecker",
+    "AccessConfigError",
+    "AccessRules",
+    "Admission",
+    "Verdict",
+    "parse_access_rules",
+    "rules_from_policy",
+]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -109,6 +118,20 @@ def parse_access_rules(value: object, where: str) -> AccessRules:
         allow=_networks(value.get("allow", []), f"{where}: access.allow"),
         deny=_networks(value.get("deny", []), f"{where}: access.deny"),
         source=where,
+    )
+
+
+def rules_from_policy(policy: AccessPolicy, where: str) -> AccessRules:
+    """The rules a client declared in its hello (AC-1); raises
+    :class:`AccessConfigError` for a network that does not parse."""
+    return AccessRules(
+        users={
+            name: _checked_hash(hashed, f"{where}: users.{name}")
+            for name, hashed in policy.users.items()
+        },
+        allow=_networks(list(policy.allow), f"{where}: allow"),
+        deny=_networks(list(policy.deny), f"{where}: deny"),
+        source=f"{where} (declared by its client)",
     )
 
 

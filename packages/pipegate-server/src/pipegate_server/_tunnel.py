@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from pipegate_protocol import (
+    CAPABILITY_ACCESS,
     CAPABILITY_HOSTNAMES,
     Connection,
     GoAway,
@@ -42,7 +43,7 @@ from pipegate_protocol.errors import CloseCode, LocalProtocolError, MessageTooLa
 from pipegate_tunnel import Heartbeat, StreamChannel, StreamObserver, TunnelShell
 from pipegate_tunnel.errors import TransportClosed
 
-from ._access import AccessRules
+from ._access import AccessConfigError, AccessRules, rules_from_policy
 from ._asgi import Receive, Send, websocket_payload
 from ._auth import Credential
 from ._direct import DirectWebSocket
@@ -192,7 +193,7 @@ class Tunnel(TunnelShell):
             Role.SERVER,
             version=version,
             limits=settings.limits(),
-            capabilities=(CAPABILITY_HOSTNAMES,),
+            capabilities=(CAPABILITY_HOSTNAMES, CAPABILITY_ACCESS),
             agent=agent,
             connection_id=connection_id,
             public_url=public_url,
@@ -270,6 +271,16 @@ class Tunnel(TunnelShell):
     # ------------------------------------------------------------------ role hooks
 
     def _on_hello(self, message: Hello) -> None:
+        if message.access is not None:
+            try:
+                declared = rules_from_policy(message.access, f"tunnel {self.connection_id}")
+            except AccessConfigError as exc:
+                # AC-2: never serve a tunnel without the rules its client declared.
+                logger.warning("tunnel access rules refused: id=%s %s", self.connection_id, exc)
+                self.close(int(CloseCode.POLICY_VIOLATION), "unusable access rules")
+                return
+            if declared:
+                self.access = (*self.access, declared)
         logger.info(
             "tunnel ready: id=%s agent=%s max_streams=%d",
             self.connection_id,

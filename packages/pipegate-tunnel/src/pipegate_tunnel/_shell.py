@@ -167,6 +167,21 @@ class TunnelShell:
     async def wait_closed(self) -> None:
         await self._done.wait()
 
+    async def wait_hello(self) -> bool:
+        """Wait for the peer's hello: True once it arrived and the tunnel is open, False
+        when the tunnel ended first (the hello timeout ends it, so this returns)."""
+        if self.conn.peer_hello is None and not self.closed:
+            waits = [
+                asyncio.ensure_future(self._hello.wait()),
+                asyncio.ensure_future(self._done.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        return self.conn.peer_hello is not None and not self.closed
+
     # ------------------------------------------------------------ running
 
     async def run(self) -> None:
