@@ -38,7 +38,7 @@ from pipegate_protocol import LocalProtocolError, ResetCode, strip_hop_by_hop
 from ._http1 import HTTP1Pool, HTTP1Response, Origin, describe_failure
 from ._settings import ClientSettings
 from ._stream import LocalStream, StreamGone
-from .errors import LocalAppError, LocalConnectError, LocalPathError
+from .errors import LocalAppError, LocalCertificateError, LocalConnectError, LocalPathError
 
 __all__ = [
     "LocalApp",
@@ -251,10 +251,26 @@ class LocalApp:
         return self._ssl_context
 
     def unreachable_reason(self, exc: BaseException) -> str:
-        """One line for a 502 body: why the call to the local app failed."""
+        """One line for a 502 body: why the call to the local app failed, told to the
+        caller without the local app's address or anything else about this machine
+        (issue 16). The detail, address included, goes to the client's log, one
+        warning line per failure."""
+        detail = describe_failure(exc)
         if isinstance(exc, LocalConnectError | ConnectionError | TimeoutError):
-            return f"local app at {self.label} unreachable: {describe_failure(exc)}"
-        return f"local app at {self.label} failed: {describe_failure(exc)}"
+            logger.warning("local app at %s unreachable: %s", self.label, detail)
+            return f"the local app is unreachable: {_public_reason(exc, detail)}"
+        logger.warning("local app at %s failed: %s", self.label, detail)
+        if isinstance(exc, LocalAppError):
+            return f"the local app failed: {_public_reason(exc, detail)}"
+        return "the local app failed"
+
+
+def _public_reason(exc: BaseException, detail: str) -> str:
+    """``detail`` (a phrase of ``_http1_errors``' table), but a certificate failure
+    without its verify message, which may name the local host."""
+    if isinstance(exc, LocalCertificateError):
+        return "TLS certificate verification failed"
+    return detail
 
 
 def _caller_host(channel: LocalStream) -> str | None:
