@@ -309,10 +309,16 @@ class LocalApp:
         self.slow_started = asyncio.Event()
         self.slow_cancelled = asyncio.Event()
         self.upload_chunks: list[int] = []
+        #: Raw paths of every echo request, in order.
+        self.echoed: list[str] = []
+
+    def requests_seen(self, raw_path: str) -> int:
+        return self.echoed.count(raw_path)
 
 
 def make_local_app(state: LocalApp) -> web.Application:
     async def echo(request: web.Request) -> web.Response:
+        state.echoed.append(request.raw_path)
         body = await request.read()
         return web.json_response(
             {

@@ -13,6 +13,7 @@ from ._backoff import Backoff
 from ._client import TunnelClient
 from ._settings import DEFAULT_LOCAL_URL, ClientSettings
 from .errors import (
+    AccessUnsupportedError,
     ClientError,
     ConfigurationError,
     HandshakeRefusedError,
@@ -24,6 +25,7 @@ from .errors import (
 
 __all__ = [
     "DEFAULT_LOCAL_URL",
+    "AccessUnsupportedError",
     "Backoff",
     "ClientError",
     "ClientSettings",

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from pipegate_protocol import (
+    CAPABILITY_ACCESS,
     CAPABILITY_HOSTNAMES,
     FRAME_HEADER_SIZE,
     HOSTNAME_HEADER,
@@ -33,6 +34,7 @@ from ._text import printable
 from ._transport import GuardedClientConnection, PlainTunnelConnection
 from ._tunnel import AGENT, TunnelSession
 from .errors import (
+    AccessUnsupportedError,
     ConfigurationError,
     HandshakeRefusedError,
     HostnamesUnsupportedError,
@@ -344,6 +346,16 @@ class TunnelClient:
             self._stopping.set()
             if self._session is not None:
                 self._session.close(1000, "custom hostnames not supported")
+            return
+        if self.settings.access_policy is not None and CAPABILITY_ACCESS not in hello.capabilities:
+            # AC-3: a server without the extension would serve everyone.
+            self._fatal = AccessUnsupportedError(
+                "this server cannot enforce access rules; refusing to expose "
+                f"{self.connection_id!r} without them"
+            )
+            self._stopping.set()
+            if self._session is not None:
+                self._session.close(1000, "access rules not supported")
             return
         url = printable(hello.public_url or public_url_for(self.settings.server_url))
         self.public_url = url

@@ -39,14 +39,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pipegate_protocol import is_valid_connection_id
 
-from ._settings import ClientSettings
+from ._settings import ClientSettings, hash_password
 from .errors import ConfigurationError
 
 __all__ = ["ClientConfig", "describe", "load_config"]
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TOP_KEYS = {"server_url", "token_env", "token_file", "token", "inspect", "ca_file", "tunnels"}
-_TUNNEL_KEYS = {"id", "local_url", "hostnames", "host_header", "max_concurrency"}
+_TUNNEL_KEYS = {"id", "local_url", "hostnames", "host_header", "max_concurrency", "access"}
+_ACCESS_KEYS = {"users", "passwords", "allow", "deny"}
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ def _tunnel(
     concurrency = reader.table.get("max_concurrency", 128)
     if isinstance(concurrency, bool) or not isinstance(concurrency, int):
         raise reader.error("max_concurrency", "must be an integer")
+    users, allow, deny = _access(reader)
     server_url = urlunsplit(
         (server.scheme, server.netloc, f"{server.path.rstrip('/')}/{connection_id}", "", "")
     )
@@ -228,6 +230,9 @@ def _tunnel(
             max_concurrency=concurrency,
             hostnames=hostnames,
             preserve_host=host_header == "preserve",
+            access_users=users,
+            access_allow=allow,
+            access_deny=deny,
             fast_path=fast_path,
             inspect=inspect,
             inspect_optional=True,
@@ -235,6 +240,36 @@ def _tunnel(
     except ConfigurationError as exc:
         # The settings speak in flags ("--local-url ..."); say which tunnel it was.
         raise ConfigurationError(f"{reader.path.name}: {reader.where}: {exc}") from None
+
+
+def _access(
+    tunnel: _Reader,
+) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...], tuple[str, ...]]:
+    """``[tunnels.access]``: ``users`` (name = bcrypt hash), ``passwords`` (name =
+    password, usually ``${VAR}``, hashed here: it never leaves the machine), ``allow``
+    and ``deny`` (CIDR networks)."""
+    table = tunnel.table.get("access")
+    if table is None:
+        return (), (), ()
+    if not isinstance(table, Mapping):
+        raise tunnel.error("access", "must be a table")
+    reader = _Reader(tunnel.path, f"{tunnel.where}.access", table)
+    reader.unknown(_ACCESS_KEYS)
+    users: list[tuple[str, str]] = []
+    for key in ("users", "passwords"):
+        value = table.get(key, {})
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            raise reader.error(key, "must be a table of user = string")
+        for name, text in value.items():
+            secret = reader.interpolate(f"{key}.{name}", text)
+            users.append((name, secret if key == "users" else hash_password(secret)))
+    networks: list[tuple[str, ...]] = []
+    for key in ("allow", "deny"):
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise reader.error(key, "must be a list of addresses or CIDR networks")
+        networks.append(tuple(value))
+    return tuple(users), networks[0], networks[1]
 
 
 def describe(config: ClientConfig) -> str:
@@ -250,4 +285,11 @@ def describe(config: ClientConfig) -> str:
             lines.append(f"    hostnames: {', '.join(settings.hostnames)}")
         if settings.preserve_host:
             lines.append("    host header: preserve (the public host)")
+        if settings.access_users:
+            names = ", ".join(name for name, _ in settings.access_users)
+            lines.append(f"    basic auth: {names} (hashed; passwords never sent)")
+        if settings.access_allow:
+            lines.append(f"    allow: {', '.join(settings.access_allow)}")
+        if settings.access_deny:
+            lines.append(f"    deny: {', '.join(settings.access_deny)}")
     return "\n".join(lines)

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+import bcrypt
 from pipegate_protocol import (
     MAX_REQUESTED_HOSTNAMES,
+    AccessPolicy,
     Limits,
     connection_id_from_url,
     normalize_hostname,
 )
+from pydantic import ValidationError
 
 from .errors import ConfigurationError
+
+#: The bcrypt cost the client hashes visitor passwords with (~0.25 s a hash here).
+BCRYPT_COST = 12
+
+
+def hash_password(password: str) -> str:
+    """A bcrypt hash of a visitor password (AC-2): what goes in the hello instead."""
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(BCRYPT_COST)).decode("ascii")
+
 
 __all__ = ["DEFAULT_LOCAL_URL", "ClientSettings"]
 
@@ -89,6 +102,12 @@ class ClientSettings:
     #: ``Origin`` with it. HTTP requests only: a WebSocket handshake to the local app
     #: carries the local authority either way.
     preserve_host: bool = False
+    #: Visitor rules declared in the hello (AC-1), enforced by the server: basic-auth
+    #: users as ``(name, bcrypt hash)`` (see :func:`hash_password`; never a password),
+    #: and networks (CIDR) to allow only / to deny. Empty: no rules.
+    access_users: tuple[tuple[str, str], ...] = ()
+    access_allow: tuple[str, ...] = ()
+    access_deny: tuple[str, ...] = ()
     #: Run the tunnel WebSocket on the fast path (``_internals.TunnelConnection``,
     #: which reads websockets' internals); False uses its public API only
     #: (``--no-fast-path``).
@@ -147,6 +166,21 @@ class ClientSettings:
             _ = self.limits
         except ValueError as exc:
             raise ConfigurationError(f"invalid limits: {exc}") from None
+        for network in (*self.access_allow, *self.access_deny):
+            try:
+                ipaddress.ip_network(network.strip(), strict=False)
+            except ValueError:
+                raise ConfigurationError(
+                    f"--allow/--deny {network!r} is not an IPv4/IPv6 address or CIDR network"
+                ) from None
+        try:
+            _ = self.access_policy
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise ConfigurationError(f"access rules: {problems}") from None
         names: list[str] = []
         for hostname in self.hostnames:
             normal = normalize_hostname(hostname)
@@ -167,6 +201,15 @@ class ClientSettings:
             raise ConfigurationError("inspect_max_requests must be at least 1")
         if self.inspect_body_cap < 0 or self.inspect_total_cap < 0:
             raise ConfigurationError("the inspector's caps must not be negative")
+
+    @property
+    def access_policy(self) -> AccessPolicy | None:
+        """The rules for the hello (AC-1), ``None`` when there are none."""
+        if not (self.access_users or self.access_allow or self.access_deny):
+            return None
+        return AccessPolicy(
+            users=dict(self.access_users), allow=self.access_allow, deny=self.access_deny
+        )
 
     @property
     def connection_id(self) -> str:

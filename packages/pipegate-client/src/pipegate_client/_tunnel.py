@@ -143,6 +143,7 @@ class TunnelSession(TunnelShell):
             limits=settings.limits,
             capabilities=[CAPABILITY_WEBSOCKET],
             agent=AGENT,
+            access=settings.access_policy,
         )
         super().__init__(
             conn,
@@ -203,6 +204,10 @@ class TunnelSession(TunnelShell):
     # ------------------------------------------------------------ role hooks
 
     def _on_open(self, message: Open) -> None:
+        if self.closed:
+            # Closed in this batch (e.g. the server cannot enforce our access rules,
+            # AC-3): nothing is answered any more.
+            return
         channel = LocalStream(self, message)
         self.register(channel)
         self._tasks[message.stream_id] = asyncio.create_task(

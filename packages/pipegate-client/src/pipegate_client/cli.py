@@ -26,7 +26,7 @@ from ._client import TunnelClient
 from ._config import describe, load_config
 from ._inspect import DEFAULT_INSPECT_ADDRESS, PORT_ATTEMPTS
 from ._logging import LineFormatter, TurnBufferedHandler
-from ._settings import DEFAULT_LOCAL_URL, ClientSettings
+from ._settings import DEFAULT_LOCAL_URL, ClientSettings, hash_password
 from ._text import printable
 from .errors import ClientError, ConfigurationError
 
@@ -141,6 +141,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask the server for this hostname too (repeatable; the token must be granted "
         "it in the server's tokens file; the client stops if the server cannot serve it)",
     )
+    access = parser.add_argument_group(
+        "visitor access (enforced by the server before anything reaches the tunnel)"
+    )
+    access.add_argument(
+        "--basic-auth",
+        action="append",
+        default=[],
+        metavar="USER:PASSWORD",
+        help="visitors must log in as USER (repeatable); the password is hashed with "
+        "bcrypt here and never sent; visible in ps: prefer a --config file with ${VAR}",
+    )
+    access.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="only visitors from these networks (repeatable; IPv4 or IPv6)",
+    )
+    access.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="never visitors from these networks (repeatable)",
+    )
     parser.add_argument(
         "--host-header",
         choices=["rewrite", "preserve"],
@@ -206,12 +231,25 @@ def settings_from_args(args: argparse.Namespace) -> ClientSettings:
         ping_timeout=args.ping_timeout,
         fast_path=args.fast_path,
         hostnames=tuple(args.hostnames),
+        access_users=_basic_auth_users(args.basic_auth),
+        access_allow=tuple(args.allow),
+        access_deny=tuple(args.deny),
         preserve_host=args.host_header == "preserve",
         inspect=None if args.no_inspect else (args.inspect or DEFAULT_INSPECT_ADDRESS),
         # Only the default address may be given up for (with a warning): the tunnel
         # matters more than the inspector, and many clients may run on one machine.
         inspect_optional=not args.inspect,
     )
+
+
+def _basic_auth_users(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    users: list[tuple[str, str]] = []
+    for value in values:
+        name, colon, password = value.partition(":")
+        if not colon or not name or not password:
+            raise ConfigurationError("--basic-auth takes USER:PASSWORD (both non-empty)")
+        users.append((name, hash_password(password)))
+    return tuple(users)
 
 
 def tunnels_from_args(args: argparse.Namespace) -> tuple[list[ClientSettings], str]:

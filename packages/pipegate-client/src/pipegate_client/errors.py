@@ -8,6 +8,7 @@ The whole tree::
     │   ├── TokenRefusedError      401/403: the token is missing or wrong               exit 3
     │   ├── VersionRefusedError    400 or no subprotocol: no common protocol version    exit 4
     │   ├── HostnamesUnsupportedError  hostnames asked for, the server cannot serve them exit 4
+    │   ├── AccessUnsupportedError     access rules declared, the server cannot enforce  exit 4
     │   └── NotATunnelEndpointError  another answer (200, 3xx, 404...) or a hello for   exit 5
     │                                another id: the URL is no tunnel endpoint
     └── LocalAppError              a call to the local app failed (.reason, one line)
@@ -35,6 +36,7 @@ they are logged and followed by a reconnect with backoff. Failures of the local 
 from __future__ import annotations
 
 __all__ = [
+    "AccessUnsupportedError",
     "ClientError",
     "ConfigurationError",
     "HandshakeRefusedError",
@@ -90,6 +92,14 @@ class HostnamesUnsupportedError(HandshakeRefusedError):
     ``hostnames`` capability (RT-4): it predates custom hostnames and would serve the
     tunnel without them, so the client closes it and stops rather than run under a URL
     its user did not ask for."""
+
+    exit_code = 4
+
+
+class AccessUnsupportedError(HandshakeRefusedError):
+    """The client declared visitor access rules and the server's hello lacks the
+    ``access`` capability (AC-3): it would serve the tunnel to anyone, so the client
+    closes it and stops."""
 
     exit_code = 4
 
