@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
+from pipegate_protocol import StreamKind
 from pipegate_tunnel import StreamChannel, StreamObserver
 
 from .._stream import LocalStream
@@ -332,7 +333,7 @@ class Recorder(StreamObserver):
         else:
             query, headers = "", ()
         self._live[channel] = self.new_exchange(
-            kind=channel.kind.value,
+            kind="websocket" if channel.kind is StreamKind.WEBSOCKET else "http",
             method=channel.method,
             path=channel.path,
             query=query,
