@@ -4,6 +4,7 @@ the admin API against a real client, and a certificate reload on SIGHUP."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import ssl
 import time
@@ -15,6 +16,7 @@ import trustme
 from e2e_support import Certificates, TunnelFactory, server_base, wait_relaying, ws_base
 from pipegate_conformance.harness import free_port
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import connect
 
 ADMIN = "e2e-admin-token-0123456789"
 
@@ -167,3 +169,75 @@ def test_certificate_reload_on_sighup_keeps_the_tunnel(
     assert after["connected_since"] == before["connected_since"]
     assert after["requests"] > before["requests"]
     assert "reconnecting" not in client.output()
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def test_caddy_example_in_front_over_wss_and_https(tunnels: TunnelFactory, tmp_path: Path) -> None:
+    """deploy/pipegate.caddy, as deploy/Caddyfile imports it, run by Debian's Caddy with
+    its internal CA (``local_certs``) on loopback ports in front of a plain server."""
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        pytest.skip("caddy is not installed (.ci/run installs Debian's)")
+    server, port = tunnels.server("--forwarded-allow-ips", "127.0.0.1")
+    https_port, http_port = free_port(), free_port()
+    data = tmp_path / "caddy"
+    config = tmp_path / "Caddyfile"
+    config.write_text(
+        "{\n"
+        "\tadmin off\n"
+        "\tskip_install_trust\n"
+        "\tlocal_certs\n"
+        "\tauto_https disable_redirects\n"
+        "\tdefault_bind 127.0.0.1\n"
+        f"\thttp_port {http_port}\n"
+        f"\tstorage file_system {data}\n"
+        "}\n"
+        f"import {DEPLOY / 'pipegate.caddy'}\n"
+    )
+    env = {
+        "PIPEGATE_SITE": f"https://127.0.0.1:{https_port}",
+        "PIPEGATE_UPSTREAM": f"127.0.0.1:{port}",
+        "HOME": str(tmp_path),
+        "XDG_DATA_HOME": str(data),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+    proxy = tunnels.group.start(
+        "caddy", [caddy, "run", "--config", str(config), "--adapter", "caddyfile"], env
+    )
+    root = data / "pki" / "authorities" / "local" / "root.crt"
+    wait_relaying_ok = f"https://127.0.0.1:{https_port}/_pipegate/health"
+    deadline = time.monotonic() + 30
+    while not root.exists() or _status(wait_relaying_ok, root) != 200:
+        assert proxy.poll() is None, proxy.output()[-3000:]
+        assert time.monotonic() < deadline, proxy.output()[-3000:]
+        time.sleep(0.1)
+    client = tunnels.client(
+        f"wss://127.0.0.1:{https_port}/node", "--ca-file", str(root), name="client"
+    )
+    public = f"https://127.0.0.1:{https_port}/node"
+    trusted = ssl.create_default_context(cafile=str(root))
+    wait_relaying(public, verify=trusted, process=client)
+    response = httpx.post(f"{public}/echo/through-caddy", content=b"x" * 1000, verify=trusted)
+    assert response.status_code == 200
+    report = response.json()
+    assert report["raw_path"] == "/echo/through-caddy"
+    proto = [v for n, v in report["headers"] if n.lower() == "x-forwarded-proto"]
+    assert proto == ["https"]
+    # A caller's WebSocket through Caddy and the tunnel.
+    with connect(f"wss://127.0.0.1:{https_port}/node/ws/echo", ssl=trusted, open_timeout=10) as ws:
+        ws.send("via caddy")
+        assert ws.recv(timeout=10) == "via caddy"
+    # The client was told its public URL as the caller sees it: https through Caddy.
+    assert public in client.output()
+    assert server.poll() is None
+
+
+def _status(url: str, ca: Path) -> int:
+    try:
+        return httpx.get(
+            url, verify=ssl.create_default_context(cafile=str(ca)), timeout=3
+        ).status_code
+    except (httpx.HTTPError, ssl.SSLError):
+        return -1
