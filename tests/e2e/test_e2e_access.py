@@ -48,3 +48,45 @@ def test_basic_auth_and_address_rules_from_the_tokens_file(
     for process in (server, client):
         assert "open sesame" not in process.output()
         assert hashed not in process.output()
+
+
+def test_a_config_with_a_password_protected_tunnel_and_an_open_one(
+    tunnels: TunnelFactory, tmp_path: Path
+) -> None:
+    """The README's example: two tunnels from one file, one behind a password declared
+    by the client (hashed before it leaves, AC-2), combined with the operator's rules
+    for the same token (deny 127.0.0.2, AC-5)."""
+    import os
+    import sys
+
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(
+        f'[[tokens]]\nname = "team"\ntoken = "{TOKEN}"\nids = ["*"]\n'
+        f'[tokens.access]\ndeny = ["127.0.0.2"]\n'
+    )
+    _server, port = tunnels.server("--tokens-file", str(tokens))
+    config = tmp_path / "pipegate.toml"
+    config.write_text(
+        f'server_url = "{ws_base(port)}"\ntoken_env = "PG_E2E_TOKEN"\ninspect = false\n'
+        f'[[tunnels]]\nid = "private"\nlocal_url = "{tunnels.origin_url}"\n'
+        '[tunnels.access]\npasswords = { guest = "${PG_GUEST_PASSWORD}" }\n'
+        f'[[tunnels]]\nid = "public"\nlocal_url = "{tunnels.origin_url}"\n'
+    )
+    env = {**os.environ, "PG_E2E_TOKEN": TOKEN, "PG_GUEST_PASSWORD": "let me in"}
+    client = tunnels.group.start(
+        "client", [sys.executable, "-m", "pipegate_client", "--config", str(config)], env
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_relaying(f"{base}/public", process=client)
+    wait_relaying(f"{base}/private", process=client, ok=(401,))
+    with httpx.Client(timeout=20) as http:
+        assert http.get(f"{base}/public/echo/x").status_code == 200
+        assert http.get(f"{base}/private/echo/x").status_code == 401
+        assert http.get(f"{base}/private/echo/x", auth=("guest", "nope")).status_code == 401
+        ok = http.get(f"{base}/private/echo/in", auth=("guest", "let me in"))
+        assert ok.json()["raw_path"] == "/echo/in"
+    with _other_address() as other:  # the operator's deny covers both tunnels
+        assert other.get(f"{base}/public/echo/x").status_code == 403
+        assert other.get(f"{base}/private/echo/x", auth=("guest", "let me in")).status_code == 403
+    assert "let me in" not in client.output()
+    assert TOKEN not in client.output()
