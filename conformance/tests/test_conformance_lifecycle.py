@@ -391,3 +391,21 @@ async def test_server_echoes_ping_ids_exactly(server: ServerUnderTest) -> None:
             assert (await _pong_for(peer, ping_id)).id == ping_id
     finally:
         await peer.close()
+
+
+@pytest.mark.rule("HS-1", "HS-12")
+@pytest.mark.side("server")
+async def test_server_ignores_a_query_on_the_tunnel_url(server: ServerUnderTest) -> None:
+    """HS-1: a query string in the server URL goes into the upgrade request but is not
+    part of the id: the tunnel is accepted for the id before the ``?``."""
+    connection_id = f"ref-{time.monotonic_ns()}"
+    peer = await connect_reference_client(
+        f"{server.ws_url(connection_id)}?region=eu&x=1",
+        server.token,
+        ssl_context=server.ssl_context(),
+    )
+    try:
+        assert peer.server_hello is not None
+        assert peer.server_hello.connection_id == connection_id
+    finally:
+        await peer.close()
