@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from pipegate_conformance.refpeer import (
     ServerSession,
     connect_reference_client,
 )
+from pipegate_conformance.support import wait_for_origin_event
 from pipegate_protocol import (
     GoAway,
     GoAwayReason,
@@ -37,9 +39,13 @@ from pipegate_protocol import (
     Open,
     Pong,
     ProtocolVersion,
+    Response,
     Role,
+    StreamKind,
+    WebSocketData,
     encode,
 )
+from pipegate_protocol import Open as OpenMessage
 
 #: Bound for a timer whose RECOMMENDED value is 10 s (HS-10).
 HELLO_TIMEOUT_BOUND = 40.0
@@ -409,3 +415,77 @@ async def test_server_ignores_a_query_on_the_tunnel_url(server: ServerUnderTest)
         assert peer.server_hello.connection_id == connection_id
     finally:
         await peer.close()
+
+
+# ---------------------------------------------------------------------- WS-3 headers
+
+_CALLER_KEY = "Y2FsbGVyLWtleS0wMDAwMQ=="
+
+
+@pytest.mark.rule("WS-3")
+@pytest.mark.side("client")
+@pytest.mark.parametrize("end_stream", [True, False], ids=["end-stream", "no-end-stream"])
+async def test_client_websocket_handshake_headers_per_hop(
+    driven_session: tuple[ReferenceServer, ServerSession, ManagedProcess],
+    origin: Origin,
+    end_stream: bool,
+) -> None:
+    """WS-3 at the client: its handshake with the local app uses its own key and
+    version and not the caller's extensions, and passes Origin and Cookie on; its 101
+    carries no Sec-WebSocket-Accept or -Extensions. A websocket open without
+    end_stream (which a server must not send) is still served."""
+    _, session, _ = driven_session
+    tag = secrets.token_hex(6)
+    stream_id = session.conn.open_stream(
+        method="GET",
+        path="/ws/echo",
+        query=f"tag={tag}",
+        kind=StreamKind.WEBSOCKET,
+        headers=[
+            ("host", "caller.example"),
+            ("sec-websocket-key", _CALLER_KEY),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-extensions", "x-pgc-caller-extension"),
+            ("origin", "https://caller.example"),
+            ("cookie", "pgc=1"),
+        ],
+        end_stream=True,
+    )
+    if not end_stream:
+        # Forge the flag the core will not set: the client must tolerate it (WS-3).
+        session.conn.data_to_send()
+        await session.send_raw(
+            encode(
+                OpenMessage(
+                    stream_id=stream_id,
+                    kind=StreamKind.WEBSOCKET,
+                    method="GET",
+                    path="/ws/echo",
+                    query=f"tag={tag}",
+                    headers=(("host", "caller.example"), ("origin", "https://caller.example")),
+                    end_stream=False,
+                )
+            )
+        )
+    else:
+        await session.flush()
+    response = await session.next_of(Response, within=20.0)
+    assert response.status == 101, f"WS-3: expected 101, got {response.status}"
+    names = {name.lower() for name, _ in response.headers}
+    assert not names & {"sec-websocket-accept", "sec-websocket-extensions"}, (
+        f"WS-3: per-hop headers in the client's 101: {sorted(names)}"
+    )
+    event = await asyncio.to_thread(wait_for_origin_event, origin.url, tag, "ws_opened", 10.0)
+    assert event is not None, "the local app never saw the WebSocket handshake"
+    got = [(n.lower(), v) for n, v in event["headers"]]
+    assert ("origin", "https://caller.example") in got, "WS-3: Origin must be passed on"
+    if end_stream:
+        assert ("cookie", "pgc=1") in got, "WS-3: Cookie must be passed on"
+        assert ("sec-websocket-key", _CALLER_KEY) not in got, "WS-3: the caller's key was reused"
+        assert ("sec-websocket-extensions", "x-pgc-caller-extension") not in got, (
+            "WS-3: the caller's extensions were offered to the local app"
+        )
+    session.conn.send_websocket_data(stream_id, b"ping?", text=True)
+    await session.flush()
+    echoed = await session.next_of(WebSocketData, within=10.0)
+    assert (echoed.stream_id, echoed.data) == (stream_id, b"ping?")

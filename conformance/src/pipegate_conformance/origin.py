@@ -26,7 +26,8 @@ It is a raw ASGI app so that it sees requests exactly as the tunnel delivered th
   test can prove that a reset reached the local request.
 * ``/log?tag=T`` — JSON list of the events recorded with that tag (the origin's own
   endpoint, never relayed anywhere; tests call it directly).
-* ``/ws/echo`` — WebSocket echo of text and binary messages; selects the first offered
+* ``/ws/echo`` — WebSocket echo of text and binary messages (with ``?tag=T``, its
+  handshake headers are logged as a ``ws_opened`` event); selects the first offered
   subprotocol; the text message ``close:<code>`` makes it close with that code. With
   ``?tag=T`` it records ``{"kind": "ws_closed", "code", "reason", "tag"}`` when the
   caller closes. ``/ws/close/<code>`` accepts, then closes with that code.
@@ -325,6 +326,8 @@ async def _websocket(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close", "code": 1008})
         return
     tag = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("tag", [""])[0]
+    if tag:
+        _record({"kind": "ws_opened", "tag": tag, "headers": _latin1(scope["headers"])})
     accept: Message = {"type": "websocket.accept"}
     if subprotocols:
         accept["subprotocol"] = subprotocols[0]
