@@ -265,3 +265,63 @@ async def test_access_log_one_line_per_request_with_the_fields(
     assert ok.duration_ms >= 0  # type: ignore[attr-defined]
     assert "secret" not in ok.getMessage()
     assert (missing.tunnel, missing.status) == ("ghost", 404)  # type: ignore[attr-defined]
+
+
+def test_json_log_lines_parse_and_carry_extra_fields() -> None:
+    import io
+
+    from pipegate_server._logs import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    stream = io.StringIO()
+    try:
+        configure_logging("json", "info", stream)
+        logging.getLogger("uvicorn.error").info("Started server process [%d]", 7)
+        logging.getLogger("pipegate.access").info("line", extra={"tunnel": "node", "status": 200})
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("pipegate.server").exception("failed")
+        logging.getLogger("pipegate.server").debug("hidden at info")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [r["logger"] for r in records] == ["uvicorn.error", "pipegate.access", "pipegate.server"]
+    assert records[0]["message"] == "Started server process [7]"
+    assert records[0]["time"].endswith("Z")
+    assert records[1]["tunnel"] == "node"
+    assert records[1]["status"] == 200
+    assert "ValueError: boom" in records[2]["exception"]
+    assert records[2]["level"] == "ERROR"
+
+
+def test_unknown_log_format_is_refused() -> None:
+    from pipegate_server._logs import configure_logging
+
+    with pytest.raises(ValueError, match="log format"):
+        configure_logging("xml")
+
+
+def test_admin_token_from_env_or_file_never_a_flag(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipegate_server.cli import build_parser, parse_addr, settings_from_args
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--client-token", "t", "--admin-token", "secret-value"])
+    assert "secret-value" not in capsys.readouterr().err
+    args = parser.parse_args(["--client-token", "t", "--metrics-addr", "9464"])
+    settings = settings_from_args(args, {"PIPEGATE_ADMIN_TOKEN": " from-env "})
+    assert settings.admin_token == "from-env"
+    assert "from-env" not in repr(settings)
+    assert args.metrics_addr == ("127.0.0.1", 9464)
+    assert parse_addr("[::1]:9100") == ("::1", 9100)
+    token_file = tmp_path / "admin"
+    token_file.write_text("from-file\n")
+    args = parser.parse_args(["--client-token", "t", "--admin-token-file", str(token_file)])
+    settings = settings_from_args(args, {"PIPEGATE_ADMIN_TOKEN": "ignored"})
+    assert settings.admin_token is None
+    assert settings.admin_token_file == token_file

@@ -89,6 +89,7 @@ def configure_logging(
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers = []
         uvicorn_logger.propagate = True
+        uvicorn_logger.setLevel(logging.NOTSET)  # the root's level rules
     # uvicorn's access lines lack the tunnel, bytes and ids: the server's own access
     # log (``--access-log``) replaces them.
     access = logging.getLogger("uvicorn.access")

@@ -55,6 +55,23 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
+class _RefuseSecretFlag(argparse.Action):
+    """A flag that would put a secret on the command line: an error naming the
+    alternatives, without echoing the value."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} is not accepted (a command line is visible in ps): use "
+            f"--admin-token-file or the {ADMIN_TOKEN_ENV} environment variable"
+        )
+
+
 def parse_addr(text: str) -> tuple[str, int]:
     """``"127.0.0.1:9100"``, ``"[::1]:9100"`` or ``"9100"`` (host 127.0.0.1)."""
     host, sep, port = text.rpartition(":")
@@ -235,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds in-flight requests get after SIGTERM (default {d.shutdown_grace:g})",
     )
     ops = parser.add_argument_group("operations")
+    # A token's value on a command line is visible in ps: refused with a pointer (and
+    # not taken, by abbreviation, as --admin-token-file's path).
+    ops.add_argument("--admin-token", action=_RefuseSecretFlag, help=argparse.SUPPRESS)
     ops.add_argument(
         "--admin-token-file",
         type=Path,
