@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pipegate_protocol import (
     KNOWN_VERSIONS,
@@ -666,6 +666,7 @@ def _add_admin_routes(app: FastAPI, gateway: Gateway) -> None:
     """``/_pipegate/admin/...`` and ``/_pipegate/metrics``, behind the admin token."""
 
     def require_admin(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         expected = gateway.admin_token
@@ -680,7 +681,8 @@ def _add_admin_routes(app: FastAPI, gateway: Gateway) -> None:
         if not hmac.compare_digest(
             credentials.credentials.encode("utf-8"), expected.encode("utf-8")
         ):
-            logger.warning("admin request refused: wrong admin token")
+            peer = request.client.host if request.client else "-"
+            logger.warning("admin request refused: wrong admin token from addr=%s", peer)
             raise HTTPException(403, "wrong admin token")
 
     guarded = [Depends(require_admin)]
