@@ -1,25 +1,33 @@
 """One client process, two tunnels from one config file (issue 14), through a real
-server; ``--check`` and config mistakes as a user sees them on the command line."""
+server, with one inspector for both; ``--check`` and config mistakes as a user sees
+them on the command line."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
-from e2e_support import CLIENT_ARGS, TunnelFactory, wait_relaying, ws_base
+from e2e_support import CLIENT_ARGS, TunnelFactory, wait_relaying, wait_until, ws_base
 
 CLIENT = [sys.executable, "-m", "pipegate_client"]
 
 
-def _config(tmp_path: Path, port: int, origin: str, token_env: str) -> Path:
+#: The client's log line that names an inspector's URL.
+INSPECTOR_LINE = re.compile(r"inspector: (http://\S+)")
+
+
+def _config(tmp_path: Path, port: int, origin: str, token_env: str, inspect: str = "false") -> Path:
     path = tmp_path / "pipegate.toml"
     path.write_text(
         f'server_url = "{ws_base(port)}"\n'
         f'token_env = "{token_env}"\n'
-        "inspect = false\n"
+        f"inspect = {inspect}\n"
         "[[tunnels]]\n"
         'id = "first"\n'
         f'local_url = "{origin}"\n'
@@ -45,6 +53,51 @@ def test_two_tunnels_from_one_config_in_one_process(tunnels: TunnelFactory, tmp_
     assert f"{base}/second/" in output
     assert tunnels.token not in output
     assert client.poll() is None  # one process serves both
+
+
+def test_two_tunnels_from_one_config_share_one_inspector(
+    tunnels: TunnelFactory, tmp_path: Path
+) -> None:
+    _server, port = tunnels.server()
+    path = _config(tmp_path, port, tunnels.origin_url, "PG_E2E_TOKEN", '"127.0.0.1:0"')
+    env = {**os.environ, "PG_E2E_TOKEN": tunnels.token}
+    client = tunnels.group.start("client", [*CLIENT, "--config", str(path), *CLIENT_ARGS], env)
+    base = f"http://127.0.0.1:{port}"
+    wait_relaying(f"{base}/first", process=client)
+    wait_relaying(f"{base}/second", process=client)
+    (url,) = set(INSPECTOR_LINE.findall(client.output()))  # one inspector, logged once
+    with httpx.Client(timeout=20) as http:
+        assert http.get(f"{base}/first/echo/a").status_code == 200
+        assert http.get(f"{base}/second/b").status_code == 200
+
+        def both() -> dict[str, int] | None:
+            requests = http.get(f"{url}/api/requests").json()["requests"]
+            seen = {
+                r["tunnel"]: r["id"]
+                for r in requests
+                if r["finished"]
+                and (r["tunnel"], r["path"]) in {("first", "/echo/a"), ("second", "/b")}
+            }
+            return seen if len(seen) == 2 else None
+
+        ids = wait_until(both, timeout=10.0, what="both tunnels' requests in the one inspector")
+        listing = http.get(f"{url}/api/requests").json()
+        assert [t["connection_id"] for t in listing["tunnels"]] == ["first", "second"]
+        assert [t["local_url"] for t in listing["tunnels"]] == [
+            tunnels.origin_url,
+            f"{tunnels.origin_url}/echo",
+        ]
+        assert listing["tunnels"][1]["public_urls"] == [f"{base}/second/"]
+        # Each replay goes to the local URL of its own tunnel (second's has /echo).
+        for tunnel, raw_path in (("second", "/echo/b"), ("first", "/echo/a")):
+            replayed = http.post(f"{url}/api/requests/{ids[tunnel]}/replay")
+            assert replayed.status_code == 200, replayed.text
+            assert replayed.json()["replay"]["tunnel"] == tunnel
+            answer = replayed.json()["replay"]["response"]["body"]["base64"]
+            assert json.loads(base64.b64decode(answer))["raw_path"] == raw_path
+        assert tunnels.token not in http.get(f"{url}/api/requests").text
+    assert tunnels.token not in client.output()
+    assert client.poll() is None
 
 
 def test_check_prints_what_would_be_exposed_and_never_the_token(

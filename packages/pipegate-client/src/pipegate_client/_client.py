@@ -25,7 +25,7 @@ from pipegate_tunnel import StreamObserver, StreamObservers
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from ._backoff import Backoff
-from ._inspect import Inspector
+from ._inspect import InspectedTunnel, Inspector
 from ._internals import TunnelConnection, connect_no_redirect
 from ._local import LocalApp
 from ._logging import RequestLog
@@ -76,10 +76,22 @@ class TunnelClient:
     server URL is no tunnel endpoint: the upgrade is answered with a status other than
     101 that no retry can change (a 200, a redirect, which is never followed, a 404),
     or the hello names another connection id than the one claimed.
+
+    ``inspector``: a request inspector shared with other clients of the process (the
+    ``--config`` case, one page for every tunnel); the client registers its tunnel with
+    it while :meth:`run` runs, and neither starts nor closes it. Without one, the
+    client runs an inspector of its own when ``settings.inspect`` asks for one.
     """
 
-    def __init__(self, settings: ClientSettings, *, output: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        *,
+        output: TextIO | None = None,
+        inspector: Inspector | None = None,
+    ) -> None:
         self.settings = settings
+        self._shared_inspector = inspector
         self.connection_id = settings.connection_id
         self._output = output
         #: Public URL of the tunnel (the v1 base, no trailing slash); known once the
@@ -99,8 +111,10 @@ class TunnelClient:
         #: Set when the session showed the URL is no tunnel endpoint; run() raises it.
         self._fatal: HandshakeRefusedError | None = None
         self._warned_plain = False
-        #: The request inspector, while :meth:`run` runs with one (``settings.inspect``).
+        #: The request inspector, while :meth:`run` runs with one (``settings.inspect``,
+        #: or the shared one given to the constructor).
         self.inspector: Inspector | None = None
+        self._inspected: InspectedTunnel | None = None
 
     # ------------------------------------------------------------ control
 
@@ -162,16 +176,19 @@ class TunnelClient:
 
     @contextlib.asynccontextmanager
     async def _inspecting(self, local: LocalApp) -> AsyncIterator[None]:
-        """Run the request inspector meanwhile, when the settings ask for one."""
+        """Record this tunnel meanwhile: in the shared inspector when one was given,
+        else in one of its own when the settings ask for one."""
         settings = self.settings
+        shared = self._shared_inspector
+        if shared is not None:
+            async with self._registered(shared, local):
+                yield
+            return
         if settings.inspect is None:
             yield
             return
         inspector = Inspector(
             settings.inspect,
-            local,
-            connection_id=self.connection_id,
-            local_url=settings.local_url,
             max_exchanges=settings.inspect_max_requests,
             body_cap=settings.inspect_body_cap,
             total_cap=settings.inspect_total_cap,
@@ -185,19 +202,30 @@ class TunnelClient:
             yield
             return
         logger.info("[%s] inspector: %s", self.connection_id, url)
+        try:
+            async with self._registered(inspector, local):
+                yield
+        finally:
+            await inspector.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _registered(self, inspector: Inspector, local: LocalApp) -> AsyncIterator[None]:
+        tunnel = inspector.add_tunnel(self.connection_id, local, self.settings.local_url)
         self.inspector = inspector
+        self._inspected = tunnel
         try:
             yield
         finally:
             self.inspector = None
-            await inspector.aclose()
+            self._inspected = None
+            inspector.remove_tunnel(tunnel)
 
     def _observer(self) -> StreamObserver | None:
         """The sessions' stream observer: the request log, and the inspector's recorder
         when there is one (``None``: the session's default, the request log alone)."""
-        if self.inspector is None:
+        if self._inspected is None:
             return None
-        return StreamObservers(RequestLog(self.connection_id, logger), self.inspector.recorder)
+        return StreamObservers(RequestLog(self.connection_id, logger), self._inspected.observer)
 
     async def _until_stopped(
         self, coro: Coroutine[Any, Any, TunnelConnection | PlainTunnelConnection]
@@ -364,8 +392,9 @@ class TunnelClient:
         self.public_urls = urls
         self.sessions_established += 1
         inspector = self.inspector
-        if inspector is not None:
-            inspector.public_url = url
+        if self._inspected is not None:
+            self._inspected.public_url = url
+            self._inspected.public_urls = list(urls)
         logger.info(
             "[%s] tunnel established: %s -> %s%s",
             self.connection_id,

@@ -24,6 +24,10 @@ file is refused (it would end up in version control). Every mistake is a
 and the key that is wrong (``pipegate.toml: tunnels[2].local_url: ...``), never a
 traceback. :func:`describe` is what ``--check`` prints: what would be exposed, with the
 token's source but never the token.
+
+``inspect`` is the address of the one request inspector of the process: every tunnel
+of the file is recorded by it (one page, one list with each exchange's tunnel, one
+memory bound for all), and a replay goes to the local app of its own tunnel.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ class ClientConfig:
     tunnels: tuple[ClientSettings, ...]
     #: Where the token came from, for ``--check`` ("$PIPEGATE_CLIENT_TOKEN", a path).
     token_source: str
-    #: The inspector's address, ``None`` for none (shared by every tunnel).
+    #: The inspector's address, ``None`` for none (one inspector shared by every
+    #: tunnel: ``cli._serve_config`` starts it and hands it to each client).
     inspect: str | None
 
 

@@ -24,7 +24,7 @@ from pipegate_tunnel import tune_gc as tune_gc
 
 from ._client import TunnelClient
 from ._config import describe, load_config
-from ._inspect import DEFAULT_INSPECT_ADDRESS, PORT_ATTEMPTS
+from ._inspect import DEFAULT_INSPECT_ADDRESS, PORT_ATTEMPTS, Inspector
 from ._logging import LineFormatter, TurnBufferedHandler
 from ._settings import DEFAULT_LOCAL_URL, ClientSettings, hash_password
 from ._text import printable
@@ -311,6 +311,36 @@ async def _serve(clients: Sequence[TunnelClient]) -> None:
             loop.remove_signal_handler(sig)
 
 
+async def _serve_config(tunnels: Sequence[ClientSettings]) -> None:
+    """Run the tunnels of a config file with one inspector for all of them (their
+    settings share its address and caps), listening before any tunnel connects; when
+    no port is free the tunnels run without it, with a warning."""
+    first = tunnels[0]
+    inspector: Inspector | None = None
+    if first.inspect is not None:
+        inspector = Inspector(
+            first.inspect,
+            max_exchanges=first.inspect_max_requests,
+            body_cap=first.inspect_body_cap,
+            total_cap=first.inspect_total_cap,
+        )
+        ids = ", ".join(settings.connection_id for settings in tunnels)
+        try:
+            url = await inspector.start()
+        except ConfigurationError as exc:
+            if not first.inspect_optional:
+                raise
+            logger.warning("[%s] no inspector: %s", ids, exc)
+            inspector = None
+        else:
+            logger.info("[%s] inspector: %s", ids, url)
+    try:
+        await _serve([TunnelClient(settings, inspector=inspector) for settings in tunnels])
+    finally:
+        if inspector is not None:
+            await inspector.aclose()
+
+
 def _run(main_coroutine: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when it is installed (markedly faster relaying), else asyncio."""
     try:
@@ -344,10 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             print(summary)
             return EXIT_OK
-        clients = [TunnelClient(settings) for settings in tunnels]
         _lean_log_records()
         tune_gc()
-        _run(_serve(clients))
+        if args.config:  # one inspector for every tunnel of the file
+            _run(_serve_config(tunnels))
+        else:
+            _run(_serve([TunnelClient(settings) for settings in tunnels]))
     except ClientError as exc:
         print(f"pipegate-client: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code

@@ -7,14 +7,21 @@ the tunnel, live, with replay to the local app.
 * :mod:`._replay` — sending a recorded request again, as it was or edited, only to the
   local app;
 * :mod:`._http` — the small HTTP/1.1 server under it (httptools);
-* :mod:`._inspector` — binding the address (next free port) and closing.
+* :mod:`._inspector` — binding the address (next free port), the tunnels recorded (one
+  inspector for every tunnel of the process) and closing.
 
 The page (``static/``) is plain HTML, CSS and JavaScript, shipped in the wheel.
 """
 
 from __future__ import annotations
 
-from ._inspector import DEFAULT_INSPECT_ADDRESS, PORT_ATTEMPTS, Inspector, parse_address
+from ._inspector import (
+    DEFAULT_INSPECT_ADDRESS,
+    PORT_ATTEMPTS,
+    InspectedTunnel,
+    Inspector,
+    parse_address,
+)
 from ._recorder import DEFAULT_BODY_CAP, DEFAULT_MAX_EXCHANGES, DEFAULT_TOTAL_CAP, Recorder
 
 __all__ = [
@@ -23,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_EXCHANGES",
     "DEFAULT_TOTAL_CAP",
     "PORT_ATTEMPTS",
+    "InspectedTunnel",
     "Inspector",
     "Recorder",
     "parse_address",

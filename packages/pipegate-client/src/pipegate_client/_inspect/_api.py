@@ -5,14 +5,16 @@ Routes (every answer is JSON except the page and its two files; errors are
 
 ==========================================  ============================================
 ``GET /``, ``/app.js``, ``/app.css``         the page (no build step; shipped in the wheel)
-``GET /api/requests``                        the tunnel, the capture caps and a summary
-                                             of every exchange kept, newest first
+``GET /api/requests``                        the tunnels, the capture caps and a summary
+                                             of every exchange kept (with its tunnel),
+                                             newest first
 ``GET /api/requests/<id>``                   one exchange: heads in wire order, bodies
                                              (base64, first bytes only), timings,
                                              WebSocket messages and closes
 ``POST /api/requests/<id>/replay``           send it to the local app again, optionally
                                              edited (JSON body: ``method``, ``path``,
-                                             ``headers``, ``body`` or ``body_base64``);
+                                             ``headers``, ``body`` or ``body_base64``),
+                                             to the local app of its own tunnel only;
                                              answers the new exchange
 ``GET /api/events``                          Server-Sent Events: ``changed`` with the
                                              recorder's version whenever something did
@@ -40,14 +42,16 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._local import LocalApp
 from ._http import HttpRequest, HttpResponse, json_error, json_response
 from ._recorder import Capture, Exchange, Recorder
 from ._replay import ReplayError, ReplayRequest, replay
+
+if TYPE_CHECKING:
+    from ._inspector import InspectedTunnel
 
 __all__ = ["Api", "HostGuard"]
 
@@ -122,23 +126,20 @@ def _bracketed(host: str) -> str:
 
 
 class Api:
-    """Answers the inspector's requests; ``app`` is the local app replays go to and
-    ``tunnel`` a callable giving what the page shows of the tunnel (no secrets)."""
+    """Answers the inspector's requests; ``tunnels`` (the inspector's live mapping, by
+    connection id) says what the page shows of each tunnel (no secrets) and where a
+    replay of an exchange goes: the local app of that exchange's tunnel, nowhere else."""
 
     def __init__(
         self,
         recorder: Recorder,
         guard: HostGuard,
         *,
-        replay_to: LocalApp,
-        tunnel: Callable[[], dict[str, object]],
-        connection_id: str,
+        tunnels: Mapping[str, InspectedTunnel],
     ) -> None:
-        self.connection_id = connection_id
         self.recorder = recorder
         self.guard = guard
-        self._app = replay_to
-        self._tunnel = tunnel
+        self._tunnels = tunnels
         self._event_streams = 0
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
@@ -179,10 +180,22 @@ class Api:
     # ------------------------------------------------------------ views
 
     def listing(self) -> dict[str, object]:
+        """The envelope of the list: ``tunnels`` (every tunnel recorded, in the order
+        they were added) and, for the single-tunnel case, ``tunnel`` (the only one,
+        ``null`` when there are several or none)."""
         recorder = self.recorder
+        tunnels = list(self._tunnels.values())
+        only = tunnels[0] if len(tunnels) == 1 else None
         return {
             "version": recorder.version,
-            "tunnel": self._tunnel(),
+            "tunnel": None
+            if only is None
+            else {
+                "connection_id": only.connection_id,
+                "public_url": only.public_url,
+                "local_url": only.local_url,
+            },
+            "tunnels": [tunnel.view() for tunnel in tunnels],
             "capture": {
                 "max_requests": recorder.max_exchanges,
                 "body_cap": recorder.body_cap,
@@ -201,11 +214,18 @@ class Api:
             if wanted is None:
                 base = _base_for_edit(exchange, edits)
                 wanted = base.edited(**edits)
-            result = await replay(self._app, self.recorder, wanted, replay_of=exchange.id)
+            tunnel = self._tunnels.get(exchange.tunnel)
+            if tunnel is None:
+                raise ReplayError(
+                    409, f"the tunnel {exchange.tunnel!r} of this request is not running"
+                )
+            result = await replay(
+                tunnel.local, self.recorder, wanted, replay_of=exchange.id, tunnel=exchange.tunnel
+            )
         except ReplayError as exc:
             logger.info(
                 "[%s] inspector: replay of #%d refused (%d): %s",
-                self.connection_id,
+                exchange.tunnel,
                 exchange.id,
                 exc.status,
                 exc.message,
@@ -214,7 +234,7 @@ class Api:
         # The path only, as the request log writes it: a query may carry secrets.
         logger.info(
             "[%s] inspector: replay of #%d as #%d: %s %s %s",
-            self.connection_id,
+            exchange.tunnel,
             exchange.id,
             result.id,
             result.method,
@@ -370,6 +390,7 @@ def summary(exchange: Exchange) -> dict[str, object]:
     """One line of the list."""
     return {
         "id": exchange.id,
+        "tunnel": exchange.tunnel,
         "replay_of": exchange.replay_of,
         "kind": exchange.kind,
         "started": exchange.started,

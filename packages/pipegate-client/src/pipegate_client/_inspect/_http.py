@@ -105,12 +105,9 @@ class _RequestTooLarge(Exception):
 class HttpServerProtocol(asyncio.Protocol):
     """One browser connection; see the module docstring."""
 
-    def __init__(
-        self, handler: Handler, registry: set[HttpServerProtocol], *, connection_id: str
-    ) -> None:
+    def __init__(self, handler: Handler, registry: set[HttpServerProtocol]) -> None:
         self._handler = handler
         self._registry = registry
-        self._connection_id = connection_id
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._pending: deque[tuple[HttpRequest, bool]] = deque()
@@ -208,8 +205,7 @@ class HttpServerProtocol(asyncio.Protocol):
                     response = await self._handler(request)
                 except Exception as exc:
                     logger.error(
-                        "[%s] inspector: %s %s failed: %s",
-                        self._connection_id,
+                        "inspector: %s %s failed: %s",
                         request.method,
                         request.target.split("?", 1)[0],
                         type(exc).__name__,

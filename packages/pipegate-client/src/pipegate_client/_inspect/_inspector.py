@@ -4,6 +4,10 @@
 (``127.0.0.1:4040`` from the command line); when that port is taken it tries the next
 :data:`PORT_ATTEMPTS` - 1 ports and reports the URL it got. Port 0 lets the system
 choose. What it listens on is loopback unless the user named another address.
+
+One inspector serves a whole client process: every tunnel registers with
+:meth:`Inspector.add_tunnel` and records through its own observer into the one
+recorder, so the page lists them all and the memory bound is the process's.
 """
 
 from __future__ import annotations
@@ -18,9 +22,21 @@ from .._local import LocalApp
 from ..errors import ConfigurationError
 from ._api import Api, HostGuard
 from ._http import HttpServerProtocol
-from ._recorder import DEFAULT_BODY_CAP, DEFAULT_MAX_EXCHANGES, DEFAULT_TOTAL_CAP, Recorder
+from ._recorder import (
+    DEFAULT_BODY_CAP,
+    DEFAULT_MAX_EXCHANGES,
+    DEFAULT_TOTAL_CAP,
+    Recorder,
+    TunnelObserver,
+)
 
-__all__ = ["DEFAULT_INSPECT_ADDRESS", "PORT_ATTEMPTS", "Inspector", "parse_address"]
+__all__ = [
+    "DEFAULT_INSPECT_ADDRESS",
+    "PORT_ATTEMPTS",
+    "InspectedTunnel",
+    "Inspector",
+    "parse_address",
+]
 
 logger = logging.getLogger("pipegate_client")
 
@@ -51,41 +67,82 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-class Inspector:
-    """The inspector of one client; see the module docstring and :mod:`._api`.
-
-    ``local`` is the local app replays go to. :attr:`recorder` is the stream observer
-    to attach to the tunnel. Nothing here ever sees the client token.
-    """
+class InspectedTunnel:
+    """One tunnel as the inspector knows it: what the page shows of it (never the token,
+    never a ``user:password`` of its local URL), the local app its replays go to, and
+    :attr:`observer`, the stream observer to attach to its sessions."""
 
     def __init__(
-        self,
-        address: str,
-        local: LocalApp,
-        *,
-        connection_id: str,
-        local_url: str,
-        max_exchanges: int = DEFAULT_MAX_EXCHANGES,
-        body_cap: int = DEFAULT_BODY_CAP,
-        total_cap: int = DEFAULT_TOTAL_CAP,
+        self, connection_id: str, local: LocalApp, local_url: str, recorder: Recorder
     ) -> None:
-        self.host, self.port = parse_address(address)
-        self.local = local
         self.connection_id = connection_id
+        self.local = local
         parts = urlsplit(local_url)
         # The local URL as shown: without any user:password it may carry.
         self.local_url = urlunsplit(
             (parts.scheme, _netloc(parts.hostname or "", parts.port), parts.path, "", "")
         )
+        self.observer = TunnelObserver(recorder, connection_id)
+        #: The tunnel's public URL (the v1 base) and all its URLs, once established.
+        self.public_url: str | None = None
+        self.public_urls: list[str] = []
+
+    def view(self) -> dict[str, object]:
+        return {
+            "connection_id": self.connection_id,
+            "public_url": self.public_url,
+            "public_urls": list(self.public_urls),
+            "local_url": self.local_url,
+        }
+
+
+class Inspector:
+    """The inspector of one client process; see the module docstring and :mod:`._api`.
+
+    One inspector records every tunnel registered with :meth:`add_tunnel` (the
+    ``--config`` case: all tunnels of the file, one page). The memory bound
+    (``max_exchanges``, ``body_cap``, ``total_cap``) is that of its one
+    :attr:`recorder`, so it holds for the whole process however many tunnels there are.
+    A replay goes only to the local app of the tunnel its original came through.
+    Nothing here ever sees a client token.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        max_exchanges: int = DEFAULT_MAX_EXCHANGES,
+        body_cap: int = DEFAULT_BODY_CAP,
+        total_cap: int = DEFAULT_TOTAL_CAP,
+    ) -> None:
+        self.host, self.port = parse_address(address)
         self.recorder = Recorder(
             max_exchanges=max_exchanges, body_cap=body_cap, total_cap=total_cap
         )
-        #: The tunnel's public URL once it is established.
-        self.public_url: str | None = None
+        #: The tunnels recorded, by connection id, in the order they were added.
+        self.tunnels: dict[str, InspectedTunnel] = {}
         #: Where the inspector is reachable, once started.
         self.url: str | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[HttpServerProtocol] = set()
+
+    def add_tunnel(self, connection_id: str, local: LocalApp, local_url: str) -> InspectedTunnel:
+        """Record the tunnel ``connection_id`` (whose local app is ``local``); attach
+        the returned tunnel's :attr:`~InspectedTunnel.observer` to its sessions. Raises
+        :class:`ValueError` when that id is already recorded."""
+        if connection_id in self.tunnels:
+            raise ValueError(f"the inspector already records a tunnel {connection_id!r}")
+        tunnel = InspectedTunnel(connection_id, local, local_url, self.recorder)
+        self.tunnels[connection_id] = tunnel
+        self.recorder.changed()
+        return tunnel
+
+    def remove_tunnel(self, tunnel: InspectedTunnel) -> None:
+        """Forget ``tunnel`` (its client stopped): its exchanges stay listed, but can no
+        longer be replayed (its local app is closed)."""
+        if self.tunnels.get(tunnel.connection_id) is tunnel:
+            del self.tunnels[tunnel.connection_id]
+            self.recorder.changed()
 
     async def start(self) -> str:
         """Listen; returns the URL. Raises :class:`ConfigurationError` when no port of
@@ -95,18 +152,10 @@ class Inspector:
         last: OSError | None = None
         for port in ports:
             guard = HostGuard(self.host, port)
-            api = Api(
-                self.recorder,
-                guard,
-                replay_to=self.local,
-                tunnel=self._tunnel,
-                connection_id=self.connection_id,
-            )
+            api = Api(self.recorder, guard, tunnels=self.tunnels)
             try:
                 self._server = await loop.create_server(
-                    functools.partial(
-                        HttpServerProtocol, api, self._connections, connection_id=self.connection_id
-                    ),
+                    functools.partial(HttpServerProtocol, api, self._connections),
                     self.host,
                     port,
                 )
@@ -132,13 +181,6 @@ class Inspector:
                 connection.abort()
             await self._server.wait_closed()
             self._server = None
-
-    def _tunnel(self) -> dict[str, object]:
-        return {
-            "connection_id": self.connection_id,
-            "public_url": self.public_url,
-            "local_url": self.local_url,
-        }
 
 
 def _netloc(host: str, port: int | None) -> str:

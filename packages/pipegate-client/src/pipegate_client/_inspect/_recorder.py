@@ -14,6 +14,11 @@ Memory bound (what callers may rely on):
 * a WebSocket stream keeps its last :data:`MAX_MESSAGES` messages (older ones are
   dropped and counted).
 
+One recorder serves every tunnel of a process (the ``--config`` case): each tunnel
+observes through its own :class:`TunnelObserver`, which tags the exchanges it opens
+with the tunnel's connection id (:attr:`Exchange.tunnel`). The bound above is the
+recorder's, so it holds for the whole process, not per tunnel.
+
 So the recorder holds at most ``total_cap`` body bytes plus a few hundred bytes of
 bookkeeping per exchange and per kept message. Every event is a dict lookup and, while
 there is room, a copy of the captured slice; nothing waits.
@@ -40,6 +45,7 @@ __all__ = [
     "Capture",
     "Exchange",
     "Recorder",
+    "TunnelObserver",
     "WebSocketMessage",
 ]
 
@@ -112,6 +118,7 @@ class Exchange:
         "started",
         "status",
         "stream_id",
+        "tunnel",
         "version",
     )
 
@@ -127,8 +134,11 @@ class Exchange:
         opened_at: float,
         stream_id: int | None = None,
         replay_of: int | None = None,
+        tunnel: str = "",
     ) -> None:
         self.id = id
+        #: The connection id of the tunnel it came through (replays: of the original).
+        self.tunnel = tunnel
         self.kind = kind
         self.method = method
         self.path = path
@@ -242,6 +252,7 @@ class Recorder(StreamObserver):
         opened_at: float | None = None,
         stream_id: int | None = None,
         replay_of: int | None = None,
+        tunnel: str = "",
     ) -> Exchange:
         """Start recording an exchange (the newest); evicts the oldest past the count."""
         exchange = Exchange(
@@ -254,6 +265,7 @@ class Recorder(StreamObserver):
             opened_at=self.now() if opened_at is None else opened_at,
             stream_id=stream_id,
             replay_of=replay_of,
+            tunnel=tunnel,
         )
         self._exchanges.append(exchange)
         self._by_id[exchange.id] = exchange
@@ -328,6 +340,10 @@ class Recorder(StreamObserver):
     # ------------------------------------------------------------ the observer
 
     def stream_opened(self, channel: StreamChannel) -> None:
+        self.open_stream(channel, tunnel="")
+
+    def open_stream(self, channel: StreamChannel, *, tunnel: str) -> None:
+        """Start recording ``channel``'s exchange as one of ``tunnel``."""
         if isinstance(channel, LocalStream):
             query, headers = channel.open.query, channel.open.headers
         else:
@@ -340,6 +356,7 @@ class Recorder(StreamObserver):
             headers=headers,
             opened_at=channel.opened_at,
             stream_id=channel.stream_id,
+            tunnel=tunnel,
         )
 
     def response_head(self, channel: StreamChannel, status: int) -> None:
@@ -396,3 +413,37 @@ class Recorder(StreamObserver):
         if exchange is not None:
             at = channel.ended_at if channel.ended_at is not None else self.now()
             self.finish(exchange, at=at, outcome=channel.outcome)
+
+
+class TunnelObserver(StreamObserver):
+    """The stream observer of one tunnel on a shared :class:`Recorder`: the exchanges it
+    opens carry ``tunnel`` (its connection id); every other event goes to the recorder
+    as it is (channels are distinct objects, so tunnels never mix)."""
+
+    __slots__ = ("_recorder", "tunnel")
+
+    def __init__(self, recorder: Recorder, tunnel: str) -> None:
+        self._recorder = recorder
+        self.tunnel = tunnel
+
+    def stream_opened(self, channel: StreamChannel) -> None:
+        self._recorder.open_stream(channel, tunnel=self.tunnel)
+
+    def response_head(self, channel: StreamChannel, status: int) -> None:
+        self._recorder.response_head(channel, status)
+
+    def body(self, channel: StreamChannel, data: bytes, *, sent: bool) -> None:
+        self._recorder.body(channel, data, sent=sent)
+
+    def websocket_message(
+        self, channel: StreamChannel, data: bytes, *, sent: bool, text: bool, fin: bool
+    ) -> None:
+        self._recorder.websocket_message(channel, data, sent=sent, text=text, fin=fin)
+
+    def websocket_close(
+        self, channel: StreamChannel, code: int, reason: str, *, sent: bool
+    ) -> None:
+        self._recorder.websocket_close(channel, code, reason, sent=sent)
+
+    def stream_ended(self, channel: StreamChannel) -> None:
+        self._recorder.stream_ended(channel)

@@ -1,6 +1,7 @@
 """Replay: send a recorded request (as it was, or edited) to the local app again.
 
-A replay goes only to the local app of ``--local-url``, through the client's own
+A replay goes only to the local app of ``--local-url`` (with several tunnels: of the
+tunnel the original came through, never another's), through the client's own
 connection pool: nothing in a replay request can name another host or URL. An edited
 path that is an absolute URL keeps only its path and query; a ``Host`` header is
 dropped (the local URL's authority is sent, as for every relayed request); a path that
@@ -131,7 +132,7 @@ def split_target(target: str) -> tuple[str, str]:
 
 
 async def replay(
-    app: LocalApp, recorder: Recorder, request: ReplayRequest, *, replay_of: int
+    app: LocalApp, recorder: Recorder, request: ReplayRequest, *, replay_of: int, tunnel: str = ""
 ) -> Exchange:
     """Send ``request`` to the local app and record the answer as a new exchange.
 
@@ -165,6 +166,7 @@ async def replay(
         headers=headers,
         opened_at=started,
         replay_of=replay_of,
+        tunnel=tunnel,
     )
     if request.body is not None:
         recorder.capture(exchange, exchange.request_body, request.body)

@@ -5,7 +5,7 @@
 
 const state = {
   requests: [],
-  tunnel: {},
+  tunnels: [],      // every tunnel of the client process (id, public URLs, local URL)
   capture: {},
   selected: null,   // id of the exchange shown
   detail: null,     // its detail JSON
@@ -65,7 +65,7 @@ async function refresh() {
       state.again = false;
       const listing = await api("/api/requests");
       state.requests = listing.requests;
-      state.tunnel = listing.tunnel;
+      state.tunnels = listing.tunnels;
       state.capture = listing.capture;
       state.version = listing.version;
       renderHeader();
@@ -84,10 +84,26 @@ async function refresh() {
   }
 }
 
+function tunnelOf(x) {
+  return state.tunnels.find((t) => t.connection_id === x.tunnel) || null;
+}
+
 function renderHeader() {
-  const t = state.tunnel;
-  $("tunnel").textContent =
-    `tunnel ${t.connection_id}: ${t.public_url || "(connecting)"} → ${t.local_url}`;
+  const shown = (t) => `${t.connection_id}: ${t.public_url || "(connecting)"} → ${t.local_url}`;
+  const ts = state.tunnels;
+  $("tunnel").textContent = ts.length === 1 ? `tunnel ${shown(ts[0])}`
+    : ts.length === 0 ? "no tunnel running" : `${ts.length} tunnels · ${ts.map(shown).join(" · ")}`;
+  // The tunnel filter: one option per tunnel, shown when there is more than one.
+  const select = $("filter-tunnel");
+  const ids = ts.map((t) => t.connection_id);
+  const known = [...select.options].slice(1).map((o) => o.value);
+  if (known.join("\n") !== ids.join("\n")) {
+    const chosen = select.value;
+    select.replaceChildren(el("option", { value: "" }, "all tunnels"),
+      ...ids.map((id) => el("option", { value: id }, id)));
+    select.value = ids.includes(chosen) ? chosen : "";
+  }
+  select.hidden = ids.length < 2;
   const c = state.capture;
   $("caps").textContent =
     `Keeps the last ${c.max_requests} requests; bodies are shown up to ` +
@@ -96,6 +112,8 @@ function renderHeader() {
 }
 
 function matches(r) {
+  const tunnel = $("filter-tunnel").value;
+  if (tunnel && r.tunnel !== tunnel) return false;
   const status = $("filter-status").value;
   if (status === "none" && r.status !== null) return false;
   if (status && status !== "none" && (r.status === null || String(r.status)[0] !== status)) {
@@ -103,7 +121,7 @@ function matches(r) {
   }
   const text = $("filter-text").value.trim().toLowerCase();
   if (!text) return true;
-  const haystack = `${r.method} ${target(r)} ${r.status ?? ""} ${r.outcome}`.toLowerCase();
+  const haystack = `${r.tunnel} ${r.method} ${target(r)} ${r.status ?? ""} ${r.outcome}`.toLowerCase();
   return text.split(/\s+/).every((word) => haystack.includes(word));
 }
 
@@ -118,6 +136,7 @@ function renderList() {
       "tr",
       { dataset: { id: r.id }, class: r.id === state.selected ? "selected" : "" },
       el("td", null, formatTime(r.started)),
+      el("td", { class: "tunnel" }, r.tunnel),
       el("td", { class: "method" }, r.method, r.kind === "websocket" ? " (ws)" : ""),
       el("td", { class: "path", title: target(r) }, target(r),
         r.replay_of !== null ? el("span", { class: "replay-tag" }, ` replay of #${r.replay_of}`) : null),
@@ -249,7 +268,7 @@ function renderExchange(box, x, title) {
   const ms = (v) => (v === null ? "—" : `${v.toFixed(1)} ms`);
   const children = [
     el("h2", null, `${title} #${x.id}`, x.replay_of !== null ? ` (replay of #${x.replay_of})` : ""),
-    el("p", { class: "summary" }, `${x.method} ${target(x)} → `,
+    el("p", { class: "summary" }, `[${x.tunnel}] ${x.method} ${target(x)} → `,
       el("strong", { class: "status" }, x.status ?? (x.finished ? "no response" : "…")),
       x.outcome ? ` (${x.outcome})` : ""),
     el("p", { class: "note timings" },
@@ -334,7 +353,8 @@ function shellQuote(value) {
 }
 
 function curlCommand(x) {
-  const base = (state.tunnel.public_url || "http://localhost").replace(/\/$/, "");
+  const tunnel = tunnelOf(x);
+  const base = ((tunnel && tunnel.public_url) || "http://localhost").replace(/\/$/, "");
   const parts = ["curl"];
   if (x.method !== "GET") parts.push("-X", shellQuote(x.method));
   parts.push(shellQuote(base + target(x)));
@@ -385,6 +405,7 @@ function listen() {
 function start() {
   $("filter-text").addEventListener("input", renderList);
   $("filter-status").addEventListener("change", renderList);
+  $("filter-tunnel").addEventListener("change", renderList);
   $("replay").addEventListener("click", () => doReplay(null));
   $("edit-toggle").addEventListener("click", () => {
     $("edit-form").hidden = !$("edit-form").hidden;
