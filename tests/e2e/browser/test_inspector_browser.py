@@ -1,18 +1,21 @@
 """The inspector page in a real Chromium (Playwright): requests sent through a real
 tunnel appear live, open, replay, edit and replay, copy as curl; a binary body shows as
 hex, an image as an image, a WebSocket stream with its messages, and a 5 MiB download
-is truncated at the stated cap. Screenshots of each step are kept in ``artifacts/browser/``."""
+is truncated at the stated cap; two tunnels from one config file on one page, with a
+tunnel column and filter. Screenshots of each step are kept in ``artifacts/browser/``."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from e2e_support import MiB, TunnelFactory, wait_until
+from e2e_support import CLIENT_ARGS, MiB, TunnelFactory, wait_relaying, wait_until, ws_base
 from playwright.sync_api import Locator, Page, expect
 from websockets.sync.client import connect
 
@@ -149,3 +152,51 @@ def test_the_inspector_page_shows_replays_and_edits_live_traffic(
     expect(note).to_contain_text("64.0 KiB of each body")
     screenshot("07-truncated")
     http.close()
+
+
+def test_one_page_shows_every_tunnel_of_a_config_file(
+    tunnels: TunnelFactory, tmp_path: Path, page: Page, screenshot: Callable[[str], Path]
+) -> None:
+    _server, port = tunnels.server()
+    config = tmp_path / "pipegate.toml"
+    config.write_text(
+        f'server_url = "{ws_base(port)}"\ntoken_env = "PG_E2E_TOKEN"\n'
+        'inspect = "127.0.0.1:0"\n'
+        f'[[tunnels]]\nid = "first"\nlocal_url = "{tunnels.origin_url}"\n'
+        f'[[tunnels]]\nid = "second"\nlocal_url = "{tunnels.origin_url}/echo"\n'
+    )
+    env = {**os.environ, "PG_E2E_TOKEN": tunnels.token}
+    command = [sys.executable, "-m", "pipegate_client", "--config", str(config), *CLIENT_ARGS]
+    client = tunnels.group.start("client", command, env)
+    base = f"http://127.0.0.1:{port}"
+    wait_relaying(f"{base}/first", process=client)
+    wait_relaying(f"{base}/second", process=client)
+
+    def found() -> str | None:
+        match = INSPECTOR_LINE.search(client.output())
+        return match.group(1) if match else None
+
+    url = wait_until(found, timeout=20.0, what="the inspector URL")
+    page.goto(url)
+    expect(page.locator("#tunnel")).to_contain_text("2 tunnels")
+    expect(page.locator("#tunnel")).to_contain_text(f"second: {base}/second")
+    with httpx.Client(timeout=30) as http:
+        assert http.get(f"{base}/first/echo/from-first").status_code == 200
+        assert http.get(f"{base}/second/from-second").status_code == 200
+    expect(row(page, "/echo/from-first").locator("td.tunnel")).to_have_text("first")
+    expect(row(page, "/from-second").locator("td.tunnel")).to_have_text("second")
+    tunnel_filter = page.locator("#filter-tunnel")
+    expect(tunnel_filter).to_be_visible()
+    tunnel_filter.select_option("second")
+    expect(row(page, "/echo/from-first")).to_have_count(0)
+    expect(row(page, "/from-second")).to_have_count(1)
+    screenshot("09-two-tunnels")
+
+    # A replay from the page goes to the second tunnel's local URL (its /echo prefix).
+    row(page, "/from-second").first.click()
+    page.locator("#replay").click()
+    replayed = page.locator("#replayed")
+    expect(replayed.locator(".summary")).to_contain_text("[second]")
+    expect(replayed.locator("pre.body-json").last).to_contain_text(
+        '"raw_path": "/echo/from-second"'
+    )
