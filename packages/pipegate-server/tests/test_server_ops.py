@@ -325,3 +325,60 @@ def test_admin_token_from_env_or_file_never_a_flag(
     settings = settings_from_args(args, {"PIPEGATE_ADMIN_TOKEN": "ignored"})
     assert settings.admin_token is None
     assert settings.admin_token_file == token_file
+
+
+async def test_visitors_refused_and_open_streams_counted(pg: Any, tmp_path: Any) -> None:
+    token = "guarded-token-0123456789"
+    path = tmp_path / "tokens.toml"
+    path.write_text(
+        f'[[tokens]]\nname = "guarded"\ntoken = "{token}"\nids = ["*"]\n'
+        '[tokens.access]\ndeny = ["127.0.0.0/8"]\n'
+    )
+    release = asyncio.Event()
+
+    async def slow(client: Any, stream: Any) -> None:
+        await release.wait()
+        await pg.echo_handler(client, stream)
+
+    async with (
+        pg.start_server(tokens_file=path, admin_token=ADMIN) as server,
+        pg.fake_client(server, "shop", pg.echo_handler, token=token),
+        pg.fake_client(server, "slow", slow, token=token),
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        denied = await http.get(f"{server.base}/shop/x")
+        assert denied.status_code == 403
+        # The rules apply to "slow" too: reach it through the gateway's own check.
+        server.gateway.directory.get("slow").access = ()
+        pending = asyncio.ensure_future(http.get(f"{server.base}/slow/x"))
+        for _ in range(200):
+            during = await scrape(http, server)
+            if during[("pipegate_open_streams", ())] == 1:
+                break
+            await asyncio.sleep(0.01)
+        release.set()
+        assert (await pending).status_code == 200
+        after = await scrape(http, server)
+    assert during[("pipegate_open_streams", ())] == 1
+    assert after[("pipegate_open_streams", ())] == 0
+    assert after[("pipegate_visitors_refused_total", (("status", "403"),))] == 1
+    key = ("pipegate_requests_total", (("status_class", "2xx"), ("token", "guarded")))
+    assert after[key] == 1
+
+
+async def test_server_side_resets_counted(pg: Any) -> None:
+    async def silent(client: Any, stream: Any) -> None:
+        await asyncio.sleep(30)
+
+    async with (
+        pg.start_server(admin_token=ADMIN, response_timeout=0.2) as server,
+        pg.fake_client(server, "node", silent),
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        assert (await http.get(f"{server.base}/node/")).status_code == 504
+        values = await scrape(http, server)
+    assert (
+        values[("pipegate_stream_resets_total", (("reason", "timeout"), ("side", "server")))] == 1
+    )
+    timed_out = ("pipegate_requests_total", (("status_class", "5xx"), ("token", "shared token")))
+    assert values[timed_out] == 1
