@@ -343,13 +343,11 @@ async def test_visitors_refused_and_open_streams_counted(pg: Any, tmp_path: Any)
     async with (
         pg.start_server(tokens_file=path, admin_token=ADMIN) as server,
         pg.fake_client(server, "shop", pg.echo_handler, token=token),
-        pg.fake_client(server, "slow", slow, token=token),
+        pg.fake_client(server, "slow", slow),  # the shared token: no rules
         httpx.AsyncClient(timeout=10) as http,
     ):
         denied = await http.get(f"{server.base}/shop/x")
         assert denied.status_code == 403
-        # The rules apply to "slow" too: reach it through the gateway's own check.
-        server.gateway.directory.get("slow").access = ()
         pending = asyncio.ensure_future(http.get(f"{server.base}/slow/x"))
         for _ in range(200):
             during = await scrape(http, server)
@@ -362,8 +360,9 @@ async def test_visitors_refused_and_open_streams_counted(pg: Any, tmp_path: Any)
     assert during[("pipegate_open_streams", ())] == 1
     assert after[("pipegate_open_streams", ())] == 0
     assert after[("pipegate_visitors_refused_total", (("status", "403"),))] == 1
-    key = ("pipegate_requests_total", (("status_class", "2xx"), ("token", "guarded")))
+    key = ("pipegate_requests_total", (("status_class", "2xx"), ("token", "shared token")))
     assert after[key] == 1
+    assert ("pipegate_requests_total", (("status_class", "2xx"), ("token", "guarded"))) not in after
 
 
 async def test_server_side_resets_counted(pg: Any) -> None:
