@@ -53,16 +53,6 @@ HELLO_TIMEOUT_BOUND = 40.0
 HEARTBEAT_BOUND = 90.0
 
 
-def _known_gap_of_ours(
-    request: pytest.FixtureRequest, implementations: Implementations, reason: str
-) -> None:
-    """Mark a check our own client is known to fail as a strict expected failure (it
-    fails the run as stale once fixed); a client given by --client-cmd is judged
-    normally."""
-    if implementations.client_cmd is None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 def _server_hello(connection_id: str = "refnode") -> str:
     hello = encode(
         Hello(
@@ -101,18 +91,11 @@ async def driven_session(
 async def test_client_stops_on_a_wrong_subprotocol(
     implementations: Implementations,
     origin: Origin,
-    request: pytest.FixtureRequest,
     selected: str | None,
 ) -> None:
     """HS-3: a 101 without a subprotocol, or with one the client did not offer: the
     client sends no hello, closes with 1002 (or its library drops the connection
     without a close frame), and stops with a non-zero exit status, without retrying."""
-    _known_gap_of_ours(
-        request,
-        implementations,
-        "issue 15: pipegate-client closes with 1000 on a missing subprotocol and retries "
-        "when websockets itself rejects an unoffered one (fix in _client.py, see the report)",
-    )
     async with ReferenceServer(implementations.token, subprotocol=selected) as ref:
         process = implementations.start_client(origin.url, ref.url("refnode"))
         try:
@@ -245,17 +228,9 @@ async def test_client_stops_gracefully_on_sigterm(
 @pytest.mark.side("client")
 async def test_client_stops_after_token_revoked(
     driven_session: tuple[ReferenceServer, ServerSession, ManagedProcess],
-    implementations: Implementations,
-    request: pytest.FixtureRequest,
 ) -> None:
     """LV-6: goaway token_revoked and close 4401: the client stops with a non-zero exit
     status and does not reconnect."""
-    _known_gap_of_ours(
-        request,
-        implementations,
-        "issue 15: pipegate-client treats close 4401 like any tunnel loss and reconnects "
-        "(fix in _client.py/_tunnel.py, see the report)",
-    )
     ref, session, process = driven_session
     upgrades = ref.upgrades
     await session.send_raw(

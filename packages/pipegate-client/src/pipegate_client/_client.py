@@ -17,12 +17,13 @@ from pipegate_protocol import (
     CAPABILITY_HOSTNAMES,
     FRAME_HEADER_SIZE,
     HOSTNAME_HEADER,
+    CloseCode,
     Hello,
     ProtocolVersion,
     public_url_for,
 )
 from pipegate_tunnel import StreamObserver, StreamObservers
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, NegotiationError
 
 from ._backoff import Backoff
 from ._inspect import InspectedTunnel, Inspector
@@ -164,6 +165,12 @@ class TunnelClient:
                     self.connected.clear()
                 if self._fatal is not None:
                     raise self._fatal
+                if outcome.close_code == CloseCode.TOKEN_REVOKED:
+                    # LV-6: the token is gone; reconnecting would only be refused.
+                    raise TokenRefusedError(
+                        "the server revoked the client token (close 4401); check "
+                        "--client-token or PIPEGATE_CLIENT_TOKEN"
+                    )
                 if outcome.stopped or self._stopping.is_set():
                     break
                 if outcome.established and not outcome.protocol_error:
@@ -285,12 +292,19 @@ class TunnelClient:
             raise self._refusal(exc) from None
         except InvalidURI as exc:
             raise ConfigurationError(f"--server-url: {exc}") from None
+        except NegotiationError as exc:
+            # HS-3: websockets refused a subprotocol we did not offer (no extension is
+            # offered, so nothing else is negotiated): retrying cannot help.
+            raise VersionRefusedError(
+                f"the server at {settings.server_url} selected a subprotocol this client did "
+                f"not offer ({_describe(exc)}); it is not a compatible PipeGate server"
+            ) from None
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise _RetryableConnectError(
                 f"cannot reach {settings.server_url}: {_describe(exc)}"
             ) from None
         if websocket.subprotocol != ProtocolVersion.V1.value:
-            await websocket.close()
+            await websocket.close(int(CloseCode.PROTOCOL_ERROR), "no pipegate.v1 subprotocol")
             raise VersionRefusedError(
                 f"the server at {settings.server_url} accepted the WebSocket without the "
                 f"{ProtocolVersion.V1.value} subprotocol; it is not a compatible PipeGate server"
