@@ -142,3 +142,34 @@ def test_config_mistakes_exit_2_naming_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "pipegate.toml: tunnels[1].local: unknown key" in result.stderr
+
+
+def test_client_json_log_lines_parse_with_the_request_fields(tunnels: TunnelFactory) -> None:
+    """Issue 16, one log format: the client's --log-format json, as the server's."""
+    import json
+
+    tunnel = tunnels.tunnel("jsonlog", client_args=["--log-format", "json", "--no-inspect"])
+    assert httpx.get(f"{tunnel.public_url}/echo/logged?secret=1", timeout=10).status_code == 200
+    assert tunnel.client is not None
+
+    def request_line() -> dict[str, object] | None:
+        for line in tunnel.client.output().splitlines():
+            if line.startswith("{") and '"/echo/logged"' in line:
+                return dict(json.loads(line))
+        return None
+
+    from e2e_support import wait_until
+
+    record = wait_until(request_line, timeout=10, what="the request's JSON log line")
+    assert record["tunnel"] == "jsonlog"
+    assert (record["method"], record["path"], record["status"]) == ("GET", "/echo/logged", 200)
+    assert isinstance(record["duration_ms"], float)
+    assert isinstance(record["bytes_out"], int)
+    assert record["level"] == "INFO"
+    assert str(record["time"]).endswith("Z")
+    output = tunnel.client.output()
+    assert "secret=1" not in output  # the query string is never logged
+    assert tunnels.token not in output
+    for line in output.splitlines():
+        if line.startswith("{"):
+            json.loads(line)  # every log line is JSON

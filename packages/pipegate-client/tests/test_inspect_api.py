@@ -521,25 +521,34 @@ async def test_a_taken_port_makes_the_inspector_take_the_next_one(
         assert f"(inspector http://127.0.0.1:{got})" in caplog.text
 
 
+def _take_port_block(count: int) -> list[socket.socket]:
+    """``count`` consecutive loopback ports, bound and listening. Blocks are tried below
+    Linux's ephemeral range (32768+), where the tests' own connections do not land;
+    a block with a port in use by someone else is let go and another tried."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(20000, 32000)
+        taken: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                taken.append(sock)
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+            return taken
+        except OSError:
+            for sock in taken:
+                sock.close()
+    raise AssertionError(f"no {count} consecutive free loopback ports in 200 tries")
+
+
 async def test_with_every_port_taken_an_explicit_address_stops_the_client_and_the_default_warns(
     harness: ClientHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sockets = []
+    sockets = _take_port_block(PORT_ATTEMPTS)
+    port = sockets[0].getsockname()[1]
     try:
-        first = socket.socket()
-        first.bind(("127.0.0.1", 0))
-        first.listen()
-        sockets.append(first)
-        port = first.getsockname()[1]
-        for offset in range(1, PORT_ATTEMPTS):
-            sock = socket.socket()
-            try:
-                sock.bind(("127.0.0.1", port + offset))
-            except OSError:
-                sock.close()
-                pytest.skip("a port of the range is in use by someone else")
-            sock.listen()
-            sockets.append(sock)
         client = TunnelClient(harness.settings(inspect=f"127.0.0.1:{port}"))
         with pytest.raises(ConfigurationError, match="cannot listen"):
             await asyncio.wait_for(client.run(), WAIT)

@@ -20,12 +20,13 @@ from dataclasses import replace
 from typing import Any
 
 from pipegate_tunnel import GC_YOUNG_THRESHOLD as GC_YOUNG_THRESHOLD
+from pipegate_tunnel import JsonFormatter
 from pipegate_tunnel import tune_gc as tune_gc
 
 from ._client import TunnelClient
 from ._config import describe, load_config
 from ._inspect import DEFAULT_INSPECT_ADDRESS, PORT_ATTEMPTS, Inspector
-from ._logging import LineFormatter, TurnBufferedHandler
+from ._logging import LineFormatter, RequestLog, TurnBufferedHandler
 from ._settings import DEFAULT_LOCAL_URL, ClientSettings, hash_password
 from ._text import printable
 from .errors import ClientError, ConfigurationError
@@ -188,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="no_inspect",
         action="store_true",
         help="no request inspector",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("PIPEGATE_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="stderr log lines as text or one JSON object per line, with the request "
+        "line's fields (tunnel, method, path, status, duration_ms, bytes) (env "
+        "PIPEGATE_LOG_FORMAT; default text)",
     )
     parser.add_argument(
         "--log-level",
@@ -365,7 +374,12 @@ def _lean_log_records() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = TurnBufferedHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter())
+    if args.log_format == "json":
+        # JSON escapes control characters itself: no line can be forged.
+        handler.setFormatter(JsonFormatter())
+        RequestLog.structured = True
+    else:
+        handler.setFormatter(EscapingFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     if args.log_level != "debug":
         logging.getLogger("websockets").setLevel(logging.WARNING)

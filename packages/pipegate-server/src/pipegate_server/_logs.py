@@ -15,21 +15,16 @@ to a log call: tokens are never formatted into messages or fields.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
-from typing import Any, TextIO
+from typing import TextIO
+
+# The JSON line format is shared with the client (pipegate_tunnel._logs).
+from pipegate_tunnel import JsonFormatter, utc_timestamp
 
 __all__ = ["LOG_FORMATS", "JsonFormatter", "TextFormatter", "configure_logging"]
 
 LOG_FORMATS = ("text", "json")
-
-#: The attributes every LogRecord has; anything else on a record came from ``extra``.
-_STANDARD = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
-    | {"message", "asctime", "color_message", "taskName"}
-)
 
 
 class TextFormatter(logging.Formatter):
@@ -39,30 +34,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return _timestamp(record)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line (see the module docstring for its keys)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "time": _timestamp(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
-
-
-def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+        return utc_timestamp(record)
 
 
 def configure_logging(

@@ -9,6 +9,7 @@ See ``docs/architecture.md``.
 """
 
 from ._channel import StreamChannel
+from ._logs import JsonFormatter, utc_timestamp
 from ._observer import StreamObserver, StreamObservers
 from ._process import GC_YOUNG_THRESHOLD, tune_gc
 from ._shell import CLOSE_TIMEOUT, HIGH_WATER, LOW_WATER, Heartbeat, TunnelShell
@@ -43,6 +44,7 @@ __all__: list[str] = [
     "OP_PONG",
     "OP_TEXT",
     "Heartbeat",
+    "JsonFormatter",
     "MaskFunction",
     "MaskSource",
     "MessageTransport",
@@ -58,4 +60,5 @@ __all__: list[str] = [
     "server_frame",
     "tune_gc",
     "unmask",
+    "utc_timestamp",
 ]
