@@ -173,3 +173,46 @@ def test_client_json_log_lines_parse_with_the_request_fields(tunnels: TunnelFact
     for line in output.splitlines():
         if line.startswith("{"):
             json.loads(line)  # every log line is JSON
+
+
+def test_client_metrics_move_under_traffic(tunnels: TunnelFactory) -> None:
+    """Issue 16: the client's own metrics, optionally (--metrics-addr)."""
+    from e2e_support import wait_until
+    from pipegate_client._metrics import outcome_label
+    from pipegate_conformance.harness import free_port
+
+    port = free_port()
+    tunnel = tunnels.tunnel(
+        "metered", client_args=["--metrics-addr", f"127.0.0.1:{port}", "--no-inspect"]
+    )
+
+    def scrape() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("pipegate_client_") and 'tunnel="metered"' in line:
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    before = scrape()
+    assert before['pipegate_client_tunnel_up{tunnel="metered"}'] == 1.0
+    for _ in range(3):
+        assert httpx.post(f"{tunnel.public_url}/echo/m", content=b"12345", timeout=10).is_success
+    assert httpx.get(f"{tunnel.public_url}/status/503", timeout=10).status_code == 503
+    ok_key = 'pipegate_client_requests_total{status_class="2xx",tunnel="metered"}'
+
+    def moved() -> dict[str, float] | None:
+        values = scrape()
+        return values if values.get(ok_key, 0) >= before.get(ok_key, 0) + 3 else None
+
+    after = wait_until(moved, timeout=10, what="the client's request counter")
+    assert after['pipegate_client_requests_total{status_class="5xx",tunnel="metered"}'] >= 1
+    assert after['pipegate_client_request_bytes_total{tunnel="metered"}'] >= 15
+    assert after['pipegate_client_request_duration_seconds_count{tunnel="metered"}'] >= 4
+    assert after['pipegate_client_open_streams{tunnel="metered"}'] == 0
+    assert all("path" not in key and "/echo" not in key for key in after)
+    assert outcome_label("websocket closed 1001") == "websocket closed"
+    assert outcome_label("local app failed mid-body: connection reset") == (
+        "local app failed mid-body"
+    )

@@ -30,6 +30,7 @@ from ._inspect import InspectedTunnel, Inspector
 from ._internals import TunnelConnection, connect_no_redirect
 from ._local import LocalApp
 from ._logging import RequestLog
+from ._metrics import ClientMetrics
 from ._settings import ClientSettings
 from ._text import printable
 from ._transport import GuardedClientConnection, PlainTunnelConnection
@@ -90,9 +91,12 @@ class TunnelClient:
         *,
         output: TextIO | None = None,
         inspector: Inspector | None = None,
+        metrics: ClientMetrics | None = None,
     ) -> None:
         self.settings = settings
         self._shared_inspector = inspector
+        #: The process's metrics (``--metrics-addr``), or ``None``.
+        self.metrics = metrics
         self.connection_id = settings.connection_id
         self._output = output
         #: Public URL of the tunnel (the v1 base, no trailing slash); known once the
@@ -163,6 +167,8 @@ class TunnelClient:
                 finally:
                     self._session = None
                     self.connected.clear()
+                    if self.metrics is not None:
+                        self.metrics.lost(self.connection_id)
                 if self._fatal is not None:
                     raise self._fatal
                 if outcome.close_code == CloseCode.TOKEN_REVOKED:
@@ -230,9 +236,14 @@ class TunnelClient:
     def _observer(self) -> StreamObserver | None:
         """The sessions' stream observer: the request log, and the inspector's recorder
         when there is one (``None``: the session's default, the request log alone)."""
-        if self._inspected is None:
+        observers: list[StreamObserver] = []
+        if self._inspected is not None:
+            observers.append(self._inspected.observer)
+        if self.metrics is not None:
+            observers.append(self.metrics.observer(self.connection_id))
+        if not observers:
             return None
-        return StreamObservers(RequestLog(self.connection_id, logger), self._inspected.observer)
+        return StreamObservers(RequestLog(self.connection_id, logger), *observers)
 
     async def _until_stopped(
         self, coro: Coroutine[Any, Any, TunnelConnection | PlainTunnelConnection]
@@ -419,6 +430,8 @@ class TunnelClient:
         output = self._output if self._output is not None else sys.stdout
         for public in urls:
             print(public, file=output, flush=True)
+        if self.metrics is not None:
+            self.metrics.established(self.connection_id)
         self.connected.set()
 
 

@@ -22,11 +22,13 @@ from typing import Any
 from pipegate_tunnel import GC_YOUNG_THRESHOLD as GC_YOUNG_THRESHOLD
 from pipegate_tunnel import JsonFormatter
 from pipegate_tunnel import tune_gc as tune_gc
+from prometheus_client import start_http_server
 
 from ._client import TunnelClient
 from ._config import describe, load_config
-from ._inspect import DEFAULT_INSPECT_ADDRESS, PORT_ATTEMPTS, Inspector
+from ._inspect import DEFAULT_INSPECT_ADDRESS, PORT_ATTEMPTS, Inspector, parse_address
 from ._logging import LineFormatter, RequestLog, TurnBufferedHandler
+from ._metrics import ClientMetrics
 from ._settings import DEFAULT_LOCAL_URL, ClientSettings, hash_password
 from ._text import printable
 from .errors import ClientError, ConfigurationError
@@ -191,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="no request inspector",
     )
     parser.add_argument(
+        "--metrics-addr",
+        default=os.environ.get("PIPEGATE_METRICS_ADDR"),
+        metavar="HOST:PORT",
+        help="serve the client's Prometheus metrics at http://HOST:PORT/metrics "
+        "(env PIPEGATE_METRICS_ADDR; default off)",
+    )
+    parser.add_argument(
         "--log-format",
         default=os.environ.get("PIPEGATE_LOG_FORMAT", "text"),
         choices=["text", "json"],
@@ -320,7 +329,30 @@ async def _serve(clients: Sequence[TunnelClient]) -> None:
             loop.remove_signal_handler(sig)
 
 
-async def _serve_config(tunnels: Sequence[ClientSettings]) -> None:
+def _start_metrics(address: str | None) -> ClientMetrics | None:
+    """The process's metrics, served in a thread by prometheus-client, or ``None``."""
+    if not address:
+        return None
+    try:
+        host, port = parse_address(address)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"--metrics-addr {address!r}: expected host:port, e.g. 127.0.0.1:9101"
+        ) from None
+    metrics = ClientMetrics()
+    try:
+        start_http_server(port, host, registry=metrics.registry)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--metrics-addr {address!r}: cannot listen: {exc.strerror}"
+        ) from None
+    logger.info("metrics: http://%s:%d/metrics", host, port)
+    return metrics
+
+
+async def _serve_config(
+    tunnels: Sequence[ClientSettings], metrics: ClientMetrics | None = None
+) -> None:
     """Run the tunnels of a config file with one inspector for all of them (their
     settings share its address and caps), listening before any tunnel connects; when
     no port is free the tunnels run without it, with a warning."""
@@ -344,7 +376,9 @@ async def _serve_config(tunnels: Sequence[ClientSettings]) -> None:
         else:
             logger.info("[%s] inspector: %s", ids, url)
     try:
-        await _serve([TunnelClient(settings, inspector=inspector) for settings in tunnels])
+        await _serve(
+            [TunnelClient(settings, inspector=inspector, metrics=metrics) for settings in tunnels]
+        )
     finally:
         if inspector is not None:
             await inspector.aclose()
@@ -388,12 +422,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             print(summary)
             return EXIT_OK
+        metrics = _start_metrics(args.metrics_addr)
         _lean_log_records()
         tune_gc()
         if args.config:  # one inspector for every tunnel of the file
-            _run(_serve_config(tunnels))
+            _run(_serve_config(tunnels, metrics))
         else:
-            _run(_serve([TunnelClient(settings) for settings in tunnels]))
+            _run(_serve([TunnelClient(settings, metrics=metrics) for settings in tunnels]))
     except ClientError as exc:
         print(f"pipegate-client: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
