@@ -135,3 +135,14 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "server_url = \n"))
     with pytest.raises(ConfigurationError, match="tunnels: at least one"):
         load_config(_write(tmp_path, 'server_url = "ws://h"\ntoken = "${HOME}"\n'))
+
+
+def test_userinfo_of_a_local_url_is_never_shown(tmp_path: Path, env: None) -> None:
+    from pipegate_client._settings import shown_url
+
+    assert shown_url("http://user:pw@127.0.0.1:5001/app") == "http://127.0.0.1:5001/app"
+    assert shown_url("http://127.0.0.1:5001") == "http://127.0.0.1:5001"
+    config = load_config(
+        _write(tmp_path, GOOD.replace("http://localhost:5173", "http://u:secret-pw@localhost:5173"))
+    )
+    assert "secret-pw" not in describe(config)

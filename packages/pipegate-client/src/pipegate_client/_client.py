@@ -31,7 +31,7 @@ from ._internals import TunnelConnection, connect_no_redirect
 from ._local import LocalApp
 from ._logging import RequestLog
 from ._metrics import ClientMetrics
-from ._settings import ClientSettings
+from ._settings import ClientSettings, shown_url
 from ._text import printable
 from ._transport import GuardedClientConnection, PlainTunnelConnection
 from ._tunnel import AGENT, TunnelSession
@@ -424,7 +424,7 @@ class TunnelClient:
             "[%s] tunnel established: %s -> %s%s",
             self.connection_id,
             " ".join(urls),
-            self.settings.local_url,
+            shown_url(self.settings.local_url),
             f" (inspector {inspector.url})" if inspector is not None else "",
         )
         output = self._output if self._output is not None else sys.stdout

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pipegate_protocol import is_valid_connection_id
 
-from ._settings import ClientSettings, hash_password
+from ._settings import ClientSettings, hash_password, shown_url
 from .errors import ConfigurationError
 
 __all__ = ["ClientConfig", "describe", "load_config"]
@@ -285,7 +285,9 @@ def describe(config: ClientConfig) -> str:
         f"inspector: {config.inspect or 'off'}",
     ]
     for settings in config.tunnels:
-        lines.append(f"- {settings.connection_id}: {settings.server_url} -> {settings.local_url}")
+        lines.append(
+            f"- {settings.connection_id}: {settings.server_url} -> {shown_url(settings.local_url)}"
+        )
         if settings.hostnames:
             lines.append(f"    hostnames: {', '.join(settings.hostnames)}")
         if settings.preserve_host:

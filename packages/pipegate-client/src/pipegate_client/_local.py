@@ -176,8 +176,9 @@ class LocalApp:
         self.preserve_host = settings.preserve_host
         #: Prefix of every request target (the local URL's path, without a final "/").
         self.base_path = parts.path.rstrip("/")
-        #: How the local app is named in logs and 502 reasons (scheme + authority).
-        self.label = f"{parts.scheme}://{parts.netloc}"
+        #: How the local app is named in the client's logs (scheme + authority, never
+        #: a user:password of the local URL; callers' 502 bodies never name it).
+        self.label = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         self.websocket_base = ("wss" if parts.scheme == "https" else "ws") + self.base_url[
             len(parts.scheme) :
         ]
@@ -356,7 +357,7 @@ async def _relay_response(channel: LocalStream, response: HTTP1Response, app: Lo
     no_body = channel.open.method == "HEAD" or status in (204, 304)
     if status < 200:
         await send_plain_error(
-            channel, 502, f"local app at {app.label} answered status {status} to a plain request"
+            channel, 502, f"the local app answered status {status} to a plain request"
         )
         return
     try:
@@ -366,7 +367,7 @@ async def _relay_response(channel: LocalStream, response: HTTP1Response, app: Lo
     except LocalProtocolError as exc:
         first = str(exc).splitlines()[0]
         await send_plain_error(
-            channel, 502, f"local app at {app.label} sent an unusable response head: {first}"
+            channel, 502, f"the local app sent an unusable response head: {first}"
         )
         return
     if no_body:

@@ -24,6 +24,14 @@ from .errors import ConfigurationError
 BCRYPT_COST = 12
 
 
+def shown_url(url: str) -> str:
+    """``url`` as logs and ``--check`` show it: without any ``user:password@``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def hash_password(password: str) -> str:
     """A bcrypt hash of a visitor password (AC-2): what goes in the hello instead."""
     return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(BCRYPT_COST)).decode("ascii")

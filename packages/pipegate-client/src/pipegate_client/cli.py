@@ -29,7 +29,7 @@ from ._config import describe, load_config
 from ._inspect import DEFAULT_INSPECT_ADDRESS, PORT_ATTEMPTS, Inspector, parse_address
 from ._logging import LineFormatter, RequestLog, TurnBufferedHandler
 from ._metrics import ClientMetrics
-from ._settings import DEFAULT_LOCAL_URL, ClientSettings, hash_password
+from ._settings import DEFAULT_LOCAL_URL, ClientSettings, hash_password, shown_url
 from ._text import printable
 from .errors import ClientError, ConfigurationError
 
@@ -282,7 +282,10 @@ def tunnels_from_args(args: argparse.Namespace) -> tuple[list[ClientSettings], s
             tunnels = [replace(t, inspect=None) for t in tunnels]
         return tunnels, describe(config)
     settings = settings_from_args(args)
-    summary = f"1 tunnel\n- {settings.connection_id}: {settings.server_url} -> {settings.local_url}"
+    summary = (
+        f"1 tunnel\n- {settings.connection_id}: {settings.server_url} -> "
+        f"{shown_url(settings.local_url)}"
+    )
     return [settings], summary
 
 
