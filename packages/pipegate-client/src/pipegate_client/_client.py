@@ -375,40 +375,48 @@ class TunnelClient:
             status=status,
         )
 
+    def _stop_for_good(self, error: HandshakeRefusedError, close_reason: str) -> None:
+        """The server's hello shows this tunnel must not run: close it with 1000 before
+        anything is answered; :meth:`run` raises ``error`` (no retry)."""
+        self._fatal = error
+        self._stopping.set()
+        if self._session is not None:
+            self._session.close(1000, close_reason)
+
     def _established(self, hello: Hello) -> None:
         if hello.connection_id is not None and hello.connection_id != self.connection_id:
             # HS-12: the hello names the id this tunnel serves; another id means the
             # upgrade was routed elsewhere than the URL says (or the server lies).
-            self._fatal = NotATunnelEndpointError(
-                f"{self.settings.server_url} is not a tunnel endpoint for "
-                f"{self.connection_id!r}: the server's hello is for "
-                f"{printable(hello.connection_id[:80])!r}. {_URL_HINT}"
+            self._stop_for_good(
+                NotATunnelEndpointError(
+                    f"{self.settings.server_url} is not a tunnel endpoint for "
+                    f"{self.connection_id!r}: the server's hello is for "
+                    f"{printable(hello.connection_id[:80])!r}. {_URL_HINT}"
+                ),
+                "hello for another connection id",
             )
-            self._stopping.set()
-            if self._session is not None:
-                self._session.close(1000, "hello for another connection id")
             return
         if self.settings.hostnames and CAPABILITY_HOSTNAMES not in hello.capabilities:
             # RT-4: a server without the extension ignored the request; never run under
             # a URL the user did not ask for.
-            self._fatal = HostnamesUnsupportedError(
-                f"the server at {self.settings.server_url} cannot serve custom hostnames "
-                f"(it predates them); refusing to expose {self.connection_id!r} without "
-                f"{', '.join(self.settings.hostnames)}"
+            self._stop_for_good(
+                HostnamesUnsupportedError(
+                    f"the server at {self.settings.server_url} cannot serve custom hostnames "
+                    f"(it predates them); refusing to expose {self.connection_id!r} without "
+                    f"{', '.join(self.settings.hostnames)}"
+                ),
+                "custom hostnames not supported",
             )
-            self._stopping.set()
-            if self._session is not None:
-                self._session.close(1000, "custom hostnames not supported")
             return
         if self.settings.access_policy is not None and CAPABILITY_ACCESS not in hello.capabilities:
             # AC-3: a server without the extension would serve everyone.
-            self._fatal = AccessUnsupportedError(
-                "this server cannot enforce access rules; refusing to expose "
-                f"{self.connection_id!r} without them"
+            self._stop_for_good(
+                AccessUnsupportedError(
+                    "this server cannot enforce access rules; refusing to expose "
+                    f"{self.connection_id!r} without them"
+                ),
+                "access rules not supported",
             )
-            self._stopping.set()
-            if self._session is not None:
-                self._session.close(1000, "access rules not supported")
             return
         url = printable(hello.public_url or public_url_for(self.settings.server_url))
         self.public_url = url
