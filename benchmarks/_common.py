@@ -253,3 +253,40 @@ def event_loop_runner() -> Callable[[Coroutine[Any, Any, T]], T]:
         return uvloop.run(main)
 
     return run
+
+
+def measure_rate(
+    url: str, pids: dict[str, int], *, concurrency: int, seconds: int, label: str
+) -> dict[str, Any]:
+    """Requests per second at ``url`` (``wrk`` when on PATH, else the Python load
+    generator) and the CPU microseconds per request of each process in ``pids``."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.perf_counter()
+    rate = run_wrk(url, concurrency=concurrency, seconds=seconds)
+    tool = "wrk"
+    if rate is None:
+        tool = "python"
+        result = event_loop_runner()(
+            run_load(
+                label, url, concurrency=concurrency, count=seconds * 20_000, max_seconds=seconds
+            )
+        )
+        rate = result.ok / result.elapsed if result.elapsed else 0.0
+    elapsed = time.perf_counter() - started
+    requests = max(1.0, rate * elapsed)
+    cpu = {
+        name: round(1e6 * (after - start) / requests, 1)
+        for name, pid in pids.items()
+        if (start := before[name]) is not None and (after := cpu_seconds(pid)) is not None
+    }
+    return {"rate": round(rate, 1), "tool": tool, "cpu_us": cpu}
+
+
+def retry_once(label: str, start: Callable[[], T], *retry_on: type[BaseException]) -> T:
+    """``start()``; when it raises one of ``retry_on`` (a start that failed, e.g. a free
+    port taken meanwhile), say so and try once more."""
+    try:
+        return start()
+    except retry_on as exc:
+        print(f"round {label}: start failed ({exc}); retrying once", flush=True)
+        return start()

@@ -26,16 +26,15 @@ import argparse
 import secrets
 import statistics
 import sys
-import time
 from typing import Any
 
 from _common import (
-    cpu_seconds,
     event_loop_runner,
     machine_info,
+    measure_rate,
     print_table,
+    retry_once,
     run_load,
-    run_wrk,
     write_results,
 )
 from pipegate_conformance.harness import HarnessError, ProcessGroup, start_tunnel
@@ -45,39 +44,12 @@ SMALL_PATH = "/bytes/128"
 
 def _measure(url: str, pids: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
     """Requests per second at ``url`` and CPU microseconds per request of ``pids``."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    started = time.perf_counter()
-    rate = run_wrk(url, concurrency=args.concurrency, seconds=args.seconds)
-    tool = "wrk"
-    if rate is None:
-        tool = "python"
-        result = event_loop_runner()(
-            run_load(
-                "ab",
-                url,
-                concurrency=args.concurrency,
-                count=args.seconds * 20_000,
-                max_seconds=args.seconds,
-            )
-        )
-        rate = result.ok / result.elapsed if result.elapsed else 0.0
-    elapsed = time.perf_counter() - started
-    requests = max(1.0, rate * elapsed)
-    cpu = {
-        name: round(1e6 * (after - start) / requests, 1)
-        for name, pid in pids.items()
-        if (start := before[name]) is not None and (after := cpu_seconds(pid)) is not None
-    }
-    return {"rate": round(rate, 1), "tool": tool, "cpu_us": cpu}
+    return measure_rate(url, pids, concurrency=args.concurrency, seconds=args.seconds, label="ab")
 
 
 def _round(label: str, server: str | None, client: str | None, args: argparse.Namespace) -> Any:
     """One round; a start that fails (e.g. a free port taken meanwhile) is retried once."""
-    try:
-        return _round_once(label, server, client, args)
-    except HarnessError as exc:
-        print(f"round {label}: start failed ({exc}); retrying once", flush=True)
-        return _round_once(label, server, client, args)
+    return retry_once(label, lambda: _round_once(label, server, client, args), HarnessError)
 
 
 def _round_once(

@@ -31,14 +31,14 @@ from _common import (
     GiB,
     MiB,
     RssSampler,
-    cpu_seconds,
     event_loop_runner,
     hwm_mib,
     machine_info,
+    measure_rate,
     print_table,
+    retry_once,
     rss_mib,
     run_load,
-    run_wrk,
     write_results,
 )
 from pipegate_conformance.harness import HarnessError, ProcessGroup, start_tunnel
@@ -68,37 +68,20 @@ async def _download(url: str, size: int) -> dict[str, Any]:
 
 
 def _throughput(url: str, client_pid: int, args: argparse.Namespace) -> dict[str, Any]:
-    before = cpu_seconds(client_pid)
-    started = time.perf_counter()
-    rate = run_wrk(url, concurrency=args.concurrency, seconds=args.seconds)
-    tool = "wrk"
-    if rate is None:
-        tool = "python"
-        result = event_loop_runner()(
-            run_load(
-                "inspect",
-                url,
-                concurrency=args.concurrency,
-                count=args.seconds * 20_000,
-                max_seconds=args.seconds,
-            )
-        )
-        rate = result.rps
-    elapsed = time.perf_counter() - started
-    after = cpu_seconds(client_pid)
-    cpu = None
-    if before is not None and after is not None:
-        cpu = round(1e6 * (after - before) / max(1.0, rate * elapsed), 1)
-    return {"rate": round(rate, 1), "tool": tool, "client_cpu_us": cpu}
+    measured = measure_rate(
+        url,
+        {"client": client_pid},
+        concurrency=args.concurrency,
+        seconds=args.seconds,
+        label="inspect",
+    )
+    cpu = measured["cpu_us"].get("client")
+    return {"rate": measured["rate"], "tool": measured["tool"], "client_cpu_us": cpu}
 
 
 def _round(setting: str, args: argparse.Namespace) -> dict[str, Any]:
     """One round; a start that fails (e.g. a free port taken meanwhile) is retried once."""
-    try:
-        return _round_once(setting, args)
-    except HarnessError as exc:
-        print(f"round {setting}: start failed ({exc}); retrying once", flush=True)
-        return _round_once(setting, args)
+    return retry_once(setting, lambda: _round_once(setting, args), HarnessError)
 
 
 def _round_once(setting: str, args: argparse.Namespace) -> dict[str, Any]:
