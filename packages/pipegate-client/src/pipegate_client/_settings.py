@@ -14,7 +14,7 @@ from pipegate_protocol import (
     AccessPolicy,
     Limits,
     connection_id_from_url,
-    normalize_hostname,
+    normalize_hostnames,
 )
 from pydantic import ValidationError
 
@@ -189,15 +189,10 @@ class ClientSettings:
                 for error in exc.errors()
             )
             raise ConfigurationError(f"access rules: {problems}") from None
-        names: list[str] = []
-        for hostname in self.hostnames:
-            normal = normalize_hostname(hostname)
-            if normal is None:
-                raise ConfigurationError(
-                    f"--hostname {hostname!r} is not a hostname (letters, digits, hyphens, dots)"
-                )
-            if normal not in names:
-                names.append(normal)
+        try:
+            names = normalize_hostnames(self.hostnames)
+        except ValueError as exc:
+            raise ConfigurationError(f"--hostname {exc} (letters, digits, hyphens, dots)") from None
         if len(names) > MAX_REQUESTED_HOSTNAMES:
             raise ConfigurationError(f"at most {MAX_REQUESTED_HOSTNAMES} --hostname values")
         object.__setattr__(self, "hostnames", tuple(names))

@@ -29,6 +29,7 @@ from ._hostnames import (
     is_dns_label,
     label_for,
     normalize_hostname,
+    normalize_hostnames,
     requested_hostnames,
 )
 from ._models import (
@@ -160,6 +161,7 @@ __all__ = [
     "label_for",
     "negotiate_version",
     "normalize_hostname",
+    "normalize_hostnames",
     "protocol_json_schema",
     "public_url_for",
     "raw_hop_by_hop_names",

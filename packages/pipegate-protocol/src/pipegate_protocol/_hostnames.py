@@ -31,6 +31,7 @@ __all__ = [
     "is_dns_label",
     "label_for",
     "normalize_hostname",
+    "normalize_hostnames",
     "requested_hostnames",
 ]
 
@@ -101,6 +102,19 @@ def hostname_matches(pattern: str, hostname: str) -> bool:
     return pattern == hostname
 
 
+def normalize_hostnames(values: Iterable[str]) -> list[str]:
+    """``values`` in normal form, duplicates removed, in order of first appearance;
+    raises :class:`ValueError` naming the first that is not a valid hostname."""
+    names: list[str] = []
+    for value in values:
+        normal = normalize_hostname(value)
+        if normal is None:
+            raise ValueError(f"{value.strip()[:80]!r} is not a valid hostname")
+        if normal not in names:
+            names.append(normal)
+    return names
+
+
 def requested_hostnames(headers: Iterable[tuple[str, str]]) -> list[str]:
     """The hostnames an upgrade request asks for (RT-4), normalised, duplicates removed,
     in order of first appearance.
@@ -108,18 +122,13 @@ def requested_hostnames(headers: Iterable[tuple[str, str]]) -> list[str]:
     Raises :class:`ValueError` with a one-line reason for a name that is not a valid
     hostname or when more than :data:`MAX_REQUESTED_HOSTNAMES` are asked for.
     """
-    names: list[str] = []
-    for name, value in headers:
-        if name.lower() != HOSTNAME_HEADER:
-            continue
-        for item in value.split(","):
-            if not item.strip():
-                continue
-            normal = normalize_hostname(item)
-            if normal is None:
-                raise ValueError(f"{item.strip()[:80]!r} is not a valid hostname")
-            if normal not in names:
-                names.append(normal)
+    names = normalize_hostnames(
+        item
+        for name, value in headers
+        if name.lower() == HOSTNAME_HEADER
+        for item in value.split(",")
+        if item.strip()
+    )
     if len(names) > MAX_REQUESTED_HOSTNAMES:
         raise ValueError(f"at most {MAX_REQUESTED_HOSTNAMES} hostnames per tunnel")
     return names

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipegate_protocol import Limits, normalize_hostname
+from pipegate_protocol import Limits, normalize_hostnames
 
 from .errors import ConfigurationError
 
@@ -145,16 +145,13 @@ class ServerSettings:
             raise ConfigurationError(
                 f"offline_grace must not be negative, got {self.offline_grace}"
             )
-        normal: list[str] = []
-        for domain in self.domains:
-            normal_name = normalize_hostname(domain)
-            if normal_name is None:
-                raise ConfigurationError(
-                    f"--domain {domain!r} is not a hostname (letters, digits, hyphens and dots)"
-                )
-            if normal_name not in normal:
-                normal.append(normal_name)
-        object.__setattr__(self, "domains", tuple(normal))
+        try:
+            domains = normalize_hostnames(self.domains)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"--domain {exc} (letters, digits, hyphens and dots)"
+            ) from None
+        object.__setattr__(self, "domains", tuple(domains))
         try:
             self.limits()
         except ValueError as exc:
