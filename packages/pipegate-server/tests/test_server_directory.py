@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,14 @@ import pytest
 import uvicorn
 from pipegate_server import Gateway, ServerSettings, create_app
 from pipegate_server._auth import Credential, FailureTracker
-from pipegate_server._registry import Claim, TunnelDirectory, TunnelRegistry
+from pipegate_server._registry import (
+    Claim,
+    ClusterRequest,
+    Presence,
+    TunnelDirectory,
+    TunnelRegistry,
+    Whereabouts,
+)
 from pipegate_server._tunnel import Tunnel
 from pipegate_server.cli import uvicorn_config
 from websockets.asyncio.client import connect
@@ -210,6 +217,26 @@ class SharedDirectoryDouble:
     def record_failure(self, address: str) -> float:
         self.calls.append(("record_failure", address))
         return self.failure_delay
+
+    def hand_off(self, tunnel: Tunnel) -> None:
+        self.calls.append(("hand_off", tunnel.connection_id))
+        self.release(tunnel)
+
+    async def locate(self, *, connection_id: str = "", hostname: str = "") -> Whereabouts:
+        self.calls.append(("locate", connection_id or hostname))
+        if connection_id in self.elsewhere:
+            return Whereabouts(Presence.ELSEWHERE, connection_id, "other-node")
+        return Whereabouts(Presence.NOWHERE, connection_id)
+
+    def ask(self, where: Whereabouts, request: ClusterRequest, reason: str = "") -> bool:
+        self.calls.append(("ask", (request, where.connection_id, where.node)))
+        return where.presence is Presence.ELSEWHERE
+
+    async def start(self, on_request: Callable[[ClusterRequest, str, str], None]) -> None:
+        self.calls.append(("start", None))
+
+    async def aclose(self) -> None:
+        self.calls.append(("aclose", None))
 
 
 def test_both_directories_satisfy_the_protocol() -> None:

@@ -19,6 +19,7 @@ answering with a real HTTP response and one log line that never contains the tok
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -49,12 +50,17 @@ from ._asgi import Receive, Scope, Send
 from ._auth import Authenticator, FailureTracker, load_tokens_file
 from ._direct import DIRECT_EXTENSION
 from ._metrics import CONTENT_TYPE, AccessLog, ServerMetrics
-from ._registry import Claim, TunnelDirectory, TunnelRegistry
+from ._registry import Claim, ClusterRequest, Presence, TunnelDirectory, TunnelRegistry
 from ._relay import Relay, deny_websocket, offline_headers, send_plain
 from ._routing import HostRoute, HostRouter, PathRouter, Route, RouteKind, Router
 from ._settings import ServerSettings
 from ._tunnel import Tunnel
-from .errors import ConfigurationError, ServerError, TooManyFailuresError
+from .errors import (
+    ConfigurationError,
+    DirectoryUnavailableError,
+    ServerError,
+    TooManyFailuresError,
+)
 
 if TYPE_CHECKING:
     from ._factory import ServerApp
@@ -62,6 +68,9 @@ if TYPE_CHECKING:
 __all__ = ["Gateway", "PipeGateApp", "create_app"]
 
 logger = logging.getLogger("pipegate.server")
+
+#: Seconds a tunnel handed off to another node may finish its streams (cluster mode).
+_MOVE_GRACE = 10.0
 
 try:
     __version__ = version("pipegate-server")
@@ -106,6 +115,26 @@ def _read_token_file(settings: ServerSettings) -> str | None:
     return token
 
 
+def _directory_for(settings: ServerSettings) -> TunnelDirectory:
+    """The in-process directory, or with ``settings.redis_url`` a cluster node's."""
+    local = TunnelRegistry(
+        FailureTracker(settings.bad_token_budget, max_concurrent=settings.max_failing_handshakes),
+        offline_grace=settings.offline_grace,
+    )
+    if settings.redis_url is None:
+        return local
+    from ._cluster import ClusterDirectory  # only cluster nodes import redis
+
+    return ClusterDirectory.from_url(
+        settings.redis_url,
+        local=local,
+        name=settings.node_name,
+        advertise=settings.public_url or "",
+        prefix=settings.redis_prefix,
+        offline_grace=settings.offline_grace,
+    )
+
+
 class Gateway:
     """The running server's state: tunnels, credentials, shutdown and reload.
 
@@ -129,12 +158,7 @@ class Gateway:
     ) -> None:
         self.settings = settings
         if directory is None:
-            directory = TunnelRegistry(
-                FailureTracker(
-                    settings.bad_token_budget, max_concurrent=settings.max_failing_handshakes
-                ),
-                offline_grace=settings.offline_grace,
-            )
+            directory = _directory_for(settings)
         self.router: Router = (
             router
             if router is not None
@@ -160,6 +184,8 @@ class Gateway:
         self.admin_token = _read_admin_token(settings)
         #: Ids kicked through the admin API and until when (monotonic) they are held.
         self._held: dict[str, float] = {}
+        #: Tunnels handed off to another node, closing once idle (cluster mode).
+        self._moves: set[asyncio.Task[None]] = set()
         #: Called by :meth:`reload` after the credentials (the command line adds the
         #: TLS certificate's reload); each returns False when it kept the old state.
         self.reload_hooks: list[Callable[[], bool]] = []
@@ -240,6 +266,40 @@ class Gateway:
         tunnel.close(CloseCode.POLICY_VIOLATION, "disconnected by the operator")
         self.directory.release(tunnel)
         return True
+
+    async def kick_anywhere(self, connection_id: str, reason: str = "") -> str:
+        """Kick ``connection_id`` on this node, or ask the cluster node that holds it
+        to; returns that node's name ('' for this one), raises LookupError when no
+        node holds it."""
+        if self.kick(connection_id, reason):
+            return ""
+        where = await self.directory.locate(connection_id=connection_id)
+        if self.directory.ask(where, ClusterRequest.KICK, reason):
+            return where.node
+        raise LookupError(connection_id)
+
+    def on_cluster_request(self, request: ClusterRequest, connection_id: str, reason: str) -> None:
+        """Another node asks this one to move or kick a tunnel it holds."""
+        if request is ClusterRequest.KICK:
+            self.kick(connection_id, reason)
+            return
+        tunnel = self.directory.get(connection_id)
+        if tunnel is None or tunnel.closed:
+            return
+        logger.info(
+            "tunnel moving: id=%s reason=the balancer sends it to another node", connection_id
+        )
+        tunnel.goaway(GoAwayReason.SHUTDOWN, "moving to another server node")
+        self.directory.hand_off(tunnel)
+        self.metrics.tunnel_moved()
+        task = asyncio.ensure_future(self._close_when_idle(tunnel, _MOVE_GRACE))
+        self._moves.add(task)
+        task.add_done_callback(self._moves.discard)
+
+    async def _close_when_idle(self, tunnel: Tunnel, grace: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tunnel.wait_idle(), grace)
+        tunnel.close(CloseCode.GOING_AWAY, "moved to another server node")
 
     def held_for(self, connection_id: str) -> float:
         """Seconds ``connection_id`` stays held after a kick (0: free)."""
@@ -346,7 +406,9 @@ class Gateway:
             await refuse(403, f"this token may not claim connection id {connection_id!r}")
             return
         try:
-            custom = requested_hostnames(headers)
+            # A cluster node does not offer custom hostnames: it ignores them (VE-2)
+            # and its hello tells the client so.
+            custom = [] if self.settings.clustered else requested_hostnames(headers)
         except ValueError as exc:
             await refuse(400, f"bad PipeGate-Hostname: {exc}")
             return
@@ -419,6 +481,13 @@ class Gateway:
             metrics=self.metrics,
         )
         claim = await self.directory.claim(tunnel, limit=limit)
+        if claim is Claim.UNAVAILABLE:
+            await refuse(
+                503,
+                "the tunnel directory cannot be reached now; retry",
+                headers=[(b"retry-after", b"2")],
+            )
+            return
         if claim is Claim.LIMIT_REACHED:
             await refuse(429, f"this token already has {limit} tunnel(s) connected")
             return
@@ -465,6 +534,8 @@ class Gateway:
         before it waits for it (the hello timeout bounds the wait)."""
         tunnel = self.directory.get(route.connection_id)
         if tunnel is None:
+            if self.settings.clustered and not self.relay.draining:
+                return not await self._elsewhere(scope, receive, send, route)
             return True
         if tunnel.conn.peer_hello is None and not await tunnel.wait_hello():
             # AC-4: the client's rules come in its hello; nothing passes before it.
@@ -509,9 +580,40 @@ class Gateway:
             )
         return False
 
+    async def _elsewhere(self, scope: Scope, receive: Receive, send: Send, route: Route) -> bool:
+        """Cluster mode, for a tunnel this node does not hold: answer 503 when another
+        node holds it (and ask that node to hand it off: the balancer sends its
+        requests here now), when it is moving or offline, or when Redis cannot say.
+        False when the directory knows nothing of it (the caller answers 404)."""
+        hostname = route.hostname if isinstance(route, HostRoute) else ""
+        where = await self.directory.locate(connection_id=route.connection_id, hostname=hostname)
+        presence = where.presence
+        name = hostname or route.connection_id
+        if presence is Presence.NOWHERE or presence is Presence.HERE:
+            return False
+        if presence is Presence.ELSEWHERE:
+            self.directory.ask(where, ClusterRequest.MOVE)
+            text, retry = f"tunnel {name} is moving to this server node; retry", b"1"
+        elif presence is Presence.MOVING:
+            text, retry = f"tunnel {name} is moving to another server node; retry", b"1"
+        elif presence is Presence.OFFLINE:
+            text, retry = f"tunnel {name} is offline", offline_headers()[0][1]
+        else:
+            text, retry = f"cannot tell where tunnel {name} is now; retry", b"2"
+        headers = [(b"retry-after", retry)]
+        self.metrics.request_refused(503)
+        if scope["type"] == "websocket":
+            await receive()
+            await deny_websocket(scope, send, 503, text, headers)
+        else:
+            await send_plain(send, 503, text, headers=headers)
+        return True
+
     async def not_found(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         """No tunnel serves ``route``: 503 while its id or hostname is offline (RT-6),
         404 otherwise, both with a one-line reason."""
+        if self.settings.clustered and await self._elsewhere(scope, receive, send, route):
+            return
         hostname = route.hostname if isinstance(route, HostRoute) else ""
         if hostname:
             age = self.directory.offline(hostname=hostname)
@@ -602,10 +704,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        gateway.relay.close()
-        for tunnel in gateway.registry.running():
-            tunnel.close(CloseCode.GOING_AWAY, "server stopped")
+        await gateway.directory.start(gateway.on_cluster_request)
+        try:
+            yield
+        finally:
+            gateway.relay.close()
+            for tunnel in gateway.registry.running():
+                tunnel.close(CloseCode.GOING_AWAY, "server stopped")
+            await gateway.directory.aclose()
 
     app = PipeGateApp(
         title="PipeGate server",
@@ -624,6 +730,11 @@ def create_app(
         """Liveness of the server and how many tunnels hold an id."""
         return {
             "status": "draining" if gateway.draining else "ok",
+            **(
+                {"node": getattr(gateway.directory, "name", "")}
+                if gateway.settings.clustered
+                else {}
+            ),
             "tunnels": len(gateway.registry),
             "version": __version__,
             "protocol_versions": [v.value for v in KNOWN_VERSIONS],
@@ -651,6 +762,33 @@ class TunnelInfo(BaseModel):
     bytes_in: int = Field(description="Body bytes from callers, relayed to the client")
     bytes_out: int = Field(description="Body bytes from the client, relayed to callers")
     closed: bool = Field(description="Closed and finishing its last streams")
+
+
+class ClusterNode(BaseModel):
+    """One live node of a cluster, as its heartbeat in Redis says."""
+
+    name: str
+    node: str = Field(description="The node's id for this run: its name and a random part")
+    address: str = Field(description="The node's --public-url, if it has one")
+    started: float = Field(description="Seconds since the epoch")
+    tunnels: int
+
+
+class ClusterTunnel(BaseModel):
+    """One tunnel of any node of a cluster."""
+
+    id: str
+    node: str
+    hostnames: list[str]
+    token: str
+    peer: str
+    connected_since: float
+
+
+class ClusterView(BaseModel):
+    node: str = Field(description="The node that answered")
+    nodes: list[ClusterNode]
+    tunnels: list[ClusterTunnel]
 
 
 class KickRequest(BaseModel):
@@ -705,10 +843,38 @@ def _add_admin_routes(app: FastAPI, gateway: Gateway) -> None:
     )
     async def kick_tunnel(connection_id: str, body: KickRequest | None = None) -> ActionResult:
         """Disconnect a tunnel: its client gets a go-away with the reason, and its id
-        is held for the kick hold (reconnects get 429 with Retry-After meanwhile)."""
-        if not gateway.kick(connection_id, body.reason if body else ""):
-            raise HTTPException(404, f"no tunnel is connected for id {connection_id!r}")
+        is held for the kick hold (reconnects get 429 with Retry-After meanwhile). In
+        cluster mode, a tunnel of another node is kicked by that node."""
+        try:
+            node = await gateway.kick_anywhere(connection_id, body.reason if body else "")
+        except LookupError:
+            raise HTTPException(404, f"no tunnel is connected for id {connection_id!r}") from None
+        if node:
+            return ActionResult(ok=True, detail=f"node {node} asked to disconnect {connection_id}")
         return ActionResult(ok=True, detail=f"tunnel {connection_id} disconnected")
+
+    directory = gateway.directory
+    if gateway.settings.clustered:
+        from ._cluster import ClusterDirectory
+
+        assert isinstance(directory, ClusterDirectory)
+
+        @app.get(
+            f"{_ADMIN}/cluster",
+            dependencies=guarded,
+            tags=["admin"],
+            response_model=ClusterView,
+            responses={503: {"description": "Redis cannot be reached"}},
+        )
+        async def cluster() -> dict[str, Any]:
+            """Every live node of the cluster and every tunnel any node holds (at most
+            10 000), from Redis."""
+            try:
+                nodes = await directory.nodes()
+                tunnels = await directory.tunnels()
+            except DirectoryUnavailableError as exc:
+                raise HTTPException(exc.status, str(exc)) from None
+            return {"node": directory.name, "nodes": nodes, "tunnels": tunnels}
 
     @app.post(f"{_ADMIN}/reload", dependencies=guarded, tags=["admin"])
     async def reload() -> ActionResult:

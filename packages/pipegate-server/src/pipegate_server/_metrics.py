@@ -153,6 +153,11 @@ class ServerMetrics(StreamObserver):
             ["reason", "side"],
             registry=registry,
         )
+        self.moves = Counter(
+            "pipegate_tunnel_moves",
+            "Tunnels handed off to another cluster node that the balancer sends them to",
+            registry=registry,
+        )
         self.visitors_refused = Counter(
             "pipegate_visitors_refused",
             "Visitors refused by a tunnel's access rules, by HTTP status",
@@ -196,6 +201,9 @@ class ServerMetrics(StreamObserver):
 
     def tunnel_connected(self) -> None:
         self.connects.inc()
+
+    def tunnel_moved(self) -> None:
+        self.moves.inc()
 
     def tunnel_ended(self, tunnel: Tunnel) -> None:
         self.disconnects.labels(close_reason(tunnel.close_code)).inc()

@@ -27,7 +27,8 @@ from __future__ import annotations
 import enum
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ._auth import FailureTracker
@@ -35,7 +36,14 @@ from ._auth import FailureTracker
 if TYPE_CHECKING:
     from ._tunnel import Tunnel
 
-__all__ = ["Claim", "TunnelDirectory", "TunnelRegistry"]
+__all__ = [
+    "Claim",
+    "ClusterRequest",
+    "Presence",
+    "TunnelDirectory",
+    "TunnelRegistry",
+    "Whereabouts",
+]
 
 #: The bad-token budget of a registry built without a tracker (ServerSettings' default).
 _DEFAULT_BAD_TOKEN_BUDGET = 10
@@ -54,6 +62,49 @@ class Claim(enum.Enum):
     LIMIT_REACHED = "limit_reached"
     #: Another tunnel holds one of the tunnel's hostnames (refused with 409).
     HOSTNAME_TAKEN = "hostname_taken"
+    #: The shared store cannot be asked now (refused with 503; never granted).
+    UNAVAILABLE = "unavailable"
+
+
+class ClusterRequest(enum.Enum):
+    """What one server node asks another to do with a tunnel it holds."""
+
+    #: Hand the tunnel off: the balancer now sends its requests to the asking node.
+    MOVE = "move"
+    #: Disconnect it, as the admin API's kick does on the node that holds it.
+    KICK = "kick"
+
+
+class Presence(enum.Enum):
+    """Where a tunnel this process does not serve is (:meth:`TunnelDirectory.locate`)."""
+
+    #: No tunnel holds it, and none did within the offline grace.
+    NOWHERE = "nowhere"
+    #: This process holds it.
+    HERE = "here"
+    #: Another server node holds it.
+    ELSEWHERE = "elsewhere"
+    #: Its tunnel is moving to another node (503 with a short Retry-After).
+    MOVING = "moving"
+    #: It ended within the offline grace, or its node stopped answering (RT-6).
+    OFFLINE = "offline"
+    #: The shared store cannot be asked now.
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Whereabouts:
+    """The answer of :meth:`TunnelDirectory.locate`."""
+
+    presence: Presence
+    #: The id of the tunnel (also for a hostname lookup, when known).
+    connection_id: str = ""
+    #: The node that holds it (ELSEWHERE, and OFFLINE for a node that stopped).
+    node: str = ""
+    #: The holder's lease, as the shared store keeps it.
+    lease: str = ""
+    #: Seconds since it ended (OFFLINE, MOVING).
+    age: float = 0.0
 
 
 class TunnelDirectory(Protocol):
@@ -101,8 +152,33 @@ class TunnelDirectory(Protocol):
         """The tunnel has ended: release its id and drop it from :meth:`running`."""
         ...
 
+    def hand_off(self, tunnel: Tunnel) -> None:
+        """Release the tunnel's id for another node, which its client reconnects to
+        (its names answer 503 "moving" meanwhile, not "offline")."""
+        ...
+
     async def count_for(self, digest: bytes) -> int:
         """How many ids are held with the credential of this token digest."""
+        ...
+
+    async def locate(self, *, connection_id: str = "", hostname: str = "") -> Whereabouts:
+        """Where the tunnel of ``connection_id`` (or ``hostname``) is when this process
+        does not serve it: asked on the way to a 404, so a node of a cluster can answer
+        503 for a tunnel another node holds or that is moving."""
+        ...
+
+    def ask(self, where: Whereabouts, request: ClusterRequest, reason: str = "") -> bool:
+        """Ask the node of ``where`` to do ``request`` with its tunnel; False when not sent
+        (always, for a directory without other nodes)."""
+        ...
+
+    async def start(self, on_request: Callable[[ClusterRequest, str, str], None]) -> None:
+        """Begin (inside the event loop): ``on_request(request, connection_id, reason)``
+        is called for what other nodes ask of this one."""
+        ...
+
+    async def aclose(self) -> None:
+        """End: free what the directory holds outside this process."""
         ...
 
     def record_failure(self, address: str) -> float:
@@ -199,6 +275,9 @@ class TunnelRegistry:
         self.release(tunnel)
         self._running.discard(tunnel)
 
+    def hand_off(self, tunnel: Tunnel) -> None:
+        self.release(tunnel)
+
     def _remember(self, table: OrderedDict[str, float], name: str) -> None:
         if self.offline_grace <= 0:
             return
@@ -209,6 +288,24 @@ class TunnelRegistry:
 
     async def count_for(self, digest: bytes) -> int:
         return self._count(digest)
+
+    async def locate(self, *, connection_id: str = "", hostname: str = "") -> Whereabouts:
+        held = self.owner_of(hostname) if hostname else self.get(connection_id)
+        if held is not None:
+            return Whereabouts(Presence.HERE, held.connection_id)
+        age = self.offline(connection_id=connection_id, hostname=hostname)
+        if age >= 0:
+            return Whereabouts(Presence.OFFLINE, connection_id, age=age)
+        return Whereabouts(Presence.NOWHERE, connection_id)
+
+    def ask(self, where: Whereabouts, request: ClusterRequest, reason: str = "") -> bool:
+        return False
+
+    async def start(self, on_request: Callable[[ClusterRequest, str, str], None]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
     def record_failure(self, address: str) -> float:
         return self.failures.record_failure(address)

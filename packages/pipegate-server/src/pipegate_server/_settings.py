@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +106,20 @@ class ServerSettings:
     #: Seconds a tunnel kicked through the admin API must wait before its id can be
     #: claimed again (its reconnect is refused with 429 and Retry-After meanwhile).
     kick_hold: float = 30.0
+    #: Cluster mode (issue 17): the Redis that several server nodes share ids,
+    #: hostnames, per-token counts and offline markers through; None: one node, an
+    #: in-process directory.
+    redis_url: str | None = field(default=None, repr=False)
+    #: This node's name in logs and the admin API (cluster mode; default: host name
+    #: and process id).
+    node_name: str = ""
+    #: Prefix of every Redis key and channel, so that clusters can share one Redis.
+    redis_prefix: str = "pipegate:"
+
+    @property
+    def clustered(self) -> bool:
+        """Whether tunnels are shared with other nodes through Redis."""
+        return self.redis_url is not None
 
     def __post_init__(self) -> None:
         if not self.client_token and self.tokens_file is None:
@@ -152,6 +168,8 @@ class ServerSettings:
                 f"--domain {exc} (letters, digits, hyphens and dots)"
             ) from None
         object.__setattr__(self, "domains", tuple(domains))
+        if self.redis_url is not None and not self.node_name:
+            object.__setattr__(self, "node_name", f"{socket.gethostname()}-{os.getpid()}")
         try:
             self.limits()
         except ValueError as exc:

@@ -193,7 +193,11 @@ class Tunnel(TunnelShell):
             Role.SERVER,
             version=version,
             limits=settings.limits(),
-            capabilities=(CAPABILITY_HOSTNAMES, CAPABILITY_ACCESS),
+            # A cluster's balancer cannot map a custom hostname to the node of its
+            # tunnel, so cluster nodes do not offer them (the client fails closed).
+            capabilities=(CAPABILITY_ACCESS,)
+            if settings.clustered
+            else (CAPABILITY_HOSTNAMES, CAPABILITY_ACCESS),
             agent=agent,
             connection_id=connection_id,
             public_url=public_url,

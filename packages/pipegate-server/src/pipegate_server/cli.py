@@ -20,6 +20,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipegate_tunnel import GC_YOUNG_THRESHOLD as GC_YOUNG_THRESHOLD
 from pipegate_tunnel import tune_gc as tune_gc
@@ -42,6 +43,7 @@ __all__ = [
 
 TOKEN_ENV = "PIPEGATE_CLIENT_TOKEN"
 ADMIN_TOKEN_ENV = "PIPEGATE_ADMIN_TOKEN"
+REDIS_URL_ENV = "PIPEGATE_REDIS_URL"
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _DEFAULTS = ServerSettings(client_token="-")
@@ -280,6 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a tunnel kicked through the admin API must wait before its id can "
         f"be claimed again (default {d.kick_hold:g})",
     )
+    cluster = parser.add_argument_group(
+        "cluster (several nodes behind one balancer; docs/deploy.md)"
+    )
+    cluster.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help=f"share tunnels with other nodes through this Redis (also env {REDIS_URL_ENV}; "
+        "redis://host:6379/0, rediss:// for TLS; a URL with a password only in the "
+        "environment). Default: one node, no Redis",
+    )
+    cluster.add_argument(
+        "--node-name",
+        default="",
+        help="this node's name in logs and the admin API (default: host name and pid)",
+    )
+    cluster.add_argument(
+        "--redis-prefix",
+        default=d.redis_prefix,
+        help=f"prefix of this cluster's Redis keys (default {d.redis_prefix!r})",
+    )
     ops.add_argument(
         "--log-level",
         default="info",
@@ -342,7 +364,19 @@ def settings_from_args(
     if args.admin_token_file is None:
         # Never from the command line alone: a flag's value is visible in ps.
         admin_token = environ.get(ADMIN_TOKEN_ENV, "").strip() or None
+    redis_url = args.redis_url
+    if redis_url is not None and urlsplit(redis_url).password:
+        raise ConfigurationError(
+            f"--redis-url with a password would be visible in ps: set {REDIS_URL_ENV} instead"
+        )
+    if redis_url is None:
+        redis_url = environ.get(REDIS_URL_ENV, "").strip() or None
+    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError("the Redis URL must start with redis://, rediss:// or unix://")
     return ServerSettings(
+        redis_url=redis_url,
+        node_name=args.node_name,
+        redis_prefix=args.redis_prefix,
         client_token=token,
         client_token_file=token_file,
         tokens_file=args.tokens_file,

@@ -7,6 +7,7 @@ The whole tree::
     │   └── TokensFileError       the tokens file is missing, not TOML, or malformed
     ├── TooManyFailuresError      an address has too many failing tunnel handshakes
     │                             waiting out their delay; refused at once   (429)
+    ├── DirectoryUnavailableError cluster mode: Redis cannot be reached      (503)
     └── RelayError                a public request could not be relayed; carries ``status``
         ├── TunnelNotFoundError   no tunnel is connected for the id              (404)
         │   └── TunnelOfflineError    its tunnel ended within --offline-grace    (503)
@@ -82,6 +83,13 @@ class TooManyFailuresError(ServerError):
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DirectoryUnavailableError(ServerError):
+    """Cluster mode: the Redis the nodes share cannot be reached (or did not answer
+    in time); what needed it is refused with 503."""
+
+    status = 503
 
 
 class RelayError(ServerError):

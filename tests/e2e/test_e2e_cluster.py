@@ -1,0 +1,399 @@
+"""Cluster mode (issue 17) with real processes: Debian's redis-server, three
+pipegate-server nodes with ``--redis-url``, Debian's haproxy running
+deploy/haproxy/haproxy.cfg, and one pipegate-client process holding 20 tunnels.
+
+Failover timings are written to ``artifacts/cluster/failover.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from cluster_support import ROOT, Cluster
+from e2e_support import CLIENT_ARGS, TunnelFactory, tracked_group, wait_until
+from pipegate_conformance.harness import ManagedProcess, client_command
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+ADMIN = "cluster-admin-token-0123456789"
+TUNNELS = [f"t{i:02d}" for i in range(20)]
+ARTIFACTS = ROOT / "artifacts" / "cluster"
+
+
+def _client_config(path: Path, cluster: Cluster, origin: str, ids: list[str]) -> Path:
+    lines = [
+        f'server_url = "{cluster.ws_base}"',
+        'token_env = "PIPEGATE_CLIENT_TOKEN"',
+        "inspect = false",
+    ]
+    for connection_id in ids:
+        lines += ["", "[[tunnels]]", f'id = "{connection_id}"', f'local_url = "{origin}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _start_clients(cluster: Cluster, origin: str, ids: list[str], tmp: Path) -> ManagedProcess:
+    config = _client_config(tmp / "pipegate.toml", cluster, origin, ids)
+    argv = client_command(origin, "ws://unused", cluster.token, *CLIENT_ARGS)
+    # One process, one WebSocket per tunnel (issue 14's --config), through HAProxy.
+    argv = [argv[0], "--config", str(config), *CLIENT_ARGS]
+    return cluster.group.start("clients", argv, env={"PIPEGATE_CLIENT_TOKEN": cluster.token})
+
+
+def _status(url: str, **kwargs: object) -> int:
+    try:
+        return httpx.get(url, timeout=5.0, **kwargs).status_code  # type: ignore[arg-type]
+    except httpx.HTTPError:
+        return -1
+
+
+def _wait_all_relaying(cluster: Cluster, ids: list[str], timeout: float = 30.0) -> None:
+    def probe() -> bool | None:
+        return True if all(_status(f"{cluster.base}/{i}/echo/r") == 200 for i in ids) else None
+
+    wait_until(probe, timeout=timeout, interval=0.2, what="every tunnel to relay")
+
+
+def _admin(cluster: Cluster, node: int, path: str) -> httpx.Response:
+    return httpx.get(
+        f"{cluster.node_base(node)}/_pipegate/admin/{path}",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=5.0,
+    )
+
+
+def _holders(cluster: Cluster, node: int = 0) -> dict[str, str]:
+    """id -> node name, from the cluster view of one node's admin API."""
+    response = _admin(cluster, node, "cluster")
+    assert response.status_code == 200, response.text
+    return {t["id"]: t["node"] for t in response.json()["tunnels"]}
+
+
+#: Tunnel handshakes the tests hold open; closed when the module's tests end.
+_OPEN = contextlib.ExitStack()
+
+
+def _handshake(base: str, connection_id: str, token: str) -> ClientConnection | int:
+    """A raw tunnel handshake: the open connection, or the refusal's HTTP status."""
+    try:
+        return _OPEN.enter_context(
+            connect(
+                f"{base.replace('http', 'ws')}/{connection_id}",
+                additional_headers={"Authorization": f"Bearer {token}"},
+                subprotocols=["pipegate.v1"],  # type: ignore[list-item]
+                open_timeout=10,
+            )
+        )
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+@pytest.fixture(autouse=True)
+def _close_handshakes() -> Iterator[None]:
+    yield
+    _OPEN.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    admin = tmp_path / "admin-token"
+    admin.write_text(ADMIN)
+    with tracked_group() as group:
+        yield Cluster(
+            group,
+            "cluster-" + "k" * 20,
+            tmp_path,
+            node_args=("--admin-token-file", str(admin), "--offline-grace", "60"),
+        ).start()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory, origin: str) -> Iterator[Cluster]:
+    """Three nodes and 20 tunnels for the tests that do not kill anything."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    admin = tmp / "admin-token"
+    admin.write_text(ADMIN)
+    tokens = tmp / "tokens.toml"
+    tokens.write_text(
+        '[[tokens]]\nname = "capped"\ntoken = "capped-token-0123456789"\n'
+        'ids = ["cap-*"]\nmax_tunnels = 2\n'
+    )
+    with tracked_group() as group:
+        cluster = Cluster(
+            group,
+            "cluster-" + "s" * 20,
+            tmp,
+            node_args=("--admin-token-file", str(admin), "--tokens-file", str(tokens)),
+        ).start()
+        _start_clients(cluster, origin, TUNNELS, tmp)
+        _wait_all_relaying(cluster, TUNNELS)
+        yield cluster
+
+
+def test_twenty_tunnels_through_three_nodes(shared_cluster: Cluster) -> None:
+    cluster = shared_cluster
+    for connection_id in TUNNELS:
+        response = httpx.post(f"{cluster.base}/{connection_id}/echo/x?q=1", content=b"hi")
+        assert response.status_code == 200
+        report = response.json()
+        assert report["raw_path"] == "/echo/x?q=1" or report["raw_path"] == "/echo/x"
+        # host routing: <id>.localhost hashes on the same key as /<id>/
+        by_host = httpx.get(
+            f"{cluster.base}/echo/h", headers={"Host": f"{connection_id}.localhost"}
+        )
+        assert by_host.status_code == 200, by_host.text
+    holders = _holders(cluster, 2)
+    assert sorted(holders) == TUNNELS
+    assert len(set(holders.values())) >= 2, holders  # spread over the nodes
+    view = _admin(cluster, 0, "cluster").json()
+    assert sorted(n["name"] for n in view["nodes"]) == ["node1", "node2", "node3"]
+    assert sum(n["tunnels"] for n in view["nodes"]) == 20
+    # An unknown id through the balancer: an immediate 404 with a reason.
+    unknown = httpx.get(f"{cluster.base}/nobody-here/x")
+    assert unknown.status_code == 404
+    assert "nobody-here" in unknown.text
+
+
+def test_the_same_id_through_two_nodes_gets_one_409(shared_cluster: Cluster) -> None:
+    cluster = shared_cluster
+    for round_ in range(5):
+        connection_id = f"race-{round_}"
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = list(
+                pool.map(
+                    _handshake,
+                    [cluster.node_base(0), cluster.node_base(1)],
+                    [connection_id] * 2,
+                    [cluster.token] * 2,
+                )
+            )
+        accepted = [o for o in outcomes if not isinstance(o, int)]
+        refused = [o for o in outcomes if isinstance(o, int)]
+        assert len(accepted) == 1, outcomes
+        assert refused == [409], outcomes
+        # and a third node agrees
+        third = _handshake(cluster.node_base(2), connection_id, cluster.token)
+        assert third == 409
+        accepted[0].close()
+
+
+def test_the_per_token_limit_counts_every_node(shared_cluster: Cluster) -> None:
+    cluster = shared_cluster
+    token = "capped-token-0123456789"
+    first = _handshake(cluster.node_base(0), "cap-a", token)
+    second = _handshake(cluster.node_base(1), "cap-b", token)
+    assert not isinstance(first, int)
+    assert not isinstance(second, int)
+    assert _handshake(cluster.node_base(2), "cap-c", token) == 429
+    second.close()
+
+    def freed() -> bool | None:
+        third = _handshake(cluster.node_base(2), "cap-c", token)
+        if isinstance(third, int):
+            return None
+        third.close()
+        return True
+
+    wait_until(freed, timeout=10.0, interval=0.2, what="the closed tunnel's slot")
+    first.close()
+
+
+def test_custom_hostnames_are_not_offered_by_a_cluster_node(
+    shared_cluster: Cluster, tunnels: TunnelFactory
+) -> None:
+    """A balancer cannot map a custom hostname to its tunnel's node: cluster nodes do
+    not offer them, and a client that asks for one stops (exit 4) instead of running
+    under URLs its user did not ask for."""
+    client = tunnels.client(
+        f"{shared_cluster.ws_base}/customer",
+        "--hostname",
+        "api.example.org",
+        "--no-inspect",
+        token=shared_cluster.token,
+    )
+    code = wait_until(client.poll, timeout=20.0, what="the client to stop")
+    assert code == 4, client.output()[-2000:]
+
+
+@dataclass
+class _Load:
+    """Requests round-robin over every tunnel through the balancer, from one thread,
+    until stopped; every outcome recorded with its time."""
+
+    base: str
+    ids: list[str]
+    outcomes: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5.0) as http:
+            deadline = time.monotonic() + 120.0  # bounded whatever happens
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                for connection_id in self.ids:
+                    try:
+                        status = http.get(f"{self.base}/{connection_id}/echo/load").status_code
+                    except httpx.HTTPError:
+                        status = -1
+                    self.outcomes.setdefault(connection_id, []).append((time.monotonic(), status))
+
+    def __enter__(self) -> _Load:
+        self._thread = threading.Thread(target=self.run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def failures(self, connection_id: str, since: float) -> list[tuple[float, int]]:
+        return [(t, s) for t, s in self.outcomes.get(connection_id, []) if t >= since and s != 200]
+
+    def recovered_after(self, connection_id: str, since: float) -> float:
+        """Seconds from ``since`` to the first 200 after the last failure."""
+        outcomes = [(t, s) for t, s in self.outcomes.get(connection_id, []) if t >= since]
+        last_failure = max((t for t, s in outcomes if s != 200), default=since)
+        first_ok = min((t for t, s in outcomes if s == 200 and t >= last_failure), default=None)
+        assert first_ok is not None, f"{connection_id} never recovered: {outcomes[-5:]}"
+        return first_ok - since
+
+
+def _record(name: str, figures: dict[str, object]) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / "failover.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = figures
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def test_a_node_dies_and_comes_back(cluster: Cluster, origin: str, tmp_path: Path) -> None:
+    _start_clients(cluster, origin, TUNNELS, tmp_path)
+    _wait_all_relaying(cluster, TUNNELS)
+    holders = _holders(cluster)
+    victim_name = max(
+        {"node1", "node2", "node3"}, key=lambda n: sum(1 for v in holders.values() if v == n)
+    )
+    victim = int(victim_name.removeprefix("node")) - 1
+    moved = sorted(i for i, n in holders.items() if n == victim_name)
+    stayed = sorted(i for i, n in holders.items() if n != victim_name)
+    assert moved, holders
+    assert stayed, holders
+    survivor = next(i for i in range(3) if i != victim)
+
+    with _Load(cluster.base, TUNNELS) as load:
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        cluster.kill_node(victim)
+        wait_until(
+            lambda: (
+                True if all(_status(f"{cluster.base}/{i}/echo/k") == 200 for i in moved) else None
+            ),
+            timeout=15.0,
+            interval=0.1,
+            what="the dead node's tunnels to relay again",
+        )
+        time.sleep(1.0)
+        kill_recovery = {i: load.recovered_after(i, killed_at) for i in moved}
+        kill_failures = {i: load.failures(i, killed_at) for i in stayed}
+
+        holders_after_kill = _holders(cluster, survivor)
+        assert sorted(holders_after_kill) == TUNNELS
+        assert victim_name not in holders_after_kill.values()
+
+        back_at = time.monotonic()
+        cluster.restart_node(victim)
+        cluster.wait_balanced(up=range(3))
+        wait_until(
+            lambda: (
+                True
+                if set(_holders(cluster, survivor).items()) >= {(i, victim_name) for i in moved}
+                else None
+            ),
+            timeout=20.0,
+            interval=0.2,
+            what="the tunnels to move back to the node that came back",
+        )
+        wait_until(
+            lambda: (
+                True if all(_status(f"{cluster.base}/{i}/echo/b") == 200 for i in moved) else None
+            ),
+            timeout=15.0,
+            interval=0.1,
+            what="the moved tunnels to relay",
+        )
+        time.sleep(1.0)
+        back_recovery = {i: load.recovered_after(i, back_at) for i in moved}
+        back_failures = {i: load.failures(i, back_at) for i in stayed}
+
+    figures = {
+        "tunnels_on_killed_node": len(moved),
+        "kill_recovery_s": {"max": max(kill_recovery.values()), "per_id": kill_recovery},
+        "kill_failed_requests_of_others": sum(len(v) for v in kill_failures.values()),
+        "rejoin_recovery_s": {"max": max(back_recovery.values()), "per_id": back_recovery},
+        "rejoin_failed_requests_of_others": sum(len(v) for v in back_failures.values()),
+        "requests": sum(len(v) for v in load.outcomes.values()),
+    }
+    _record("node_killed_and_back", figures)
+    assert all(not v for v in kill_failures.values()), kill_failures
+    assert all(not v for v in back_failures.values()), back_failures
+    assert max(kill_recovery.values()) < 10.0, figures
+    assert max(back_recovery.values()) < 10.0, figures
+    # the cluster view agrees with where the balancer sends each id now
+    assert sorted(_holders(cluster, victim)) == TUNNELS
+
+
+def test_redis_restarts_without_double_ownership(
+    cluster: Cluster, origin: str, tmp_path: Path
+) -> None:
+    ids = TUNNELS[:6]
+    _start_clients(cluster, origin, ids, tmp_path)
+    _wait_all_relaying(cluster, ids)
+    holders = _holders(cluster)
+    target = ids[0]
+    holder = int(holders[target].removeprefix("node")) - 1
+    other = (holder + 1) % 3
+
+    assert cluster.redis is not None
+    with _Load(cluster.base, ids) as load:
+        time.sleep(0.5)
+        down_at = time.monotonic()
+        cluster.redis.kill()
+        time.sleep(1.5)
+        # Redis down: a new tunnel is refused with 503 (never granted unchecked)...
+        assert _handshake(cluster.node_base(other), "newcomer", cluster.token) == 503
+        # ...an id held elsewhere cannot be taken...
+        assert _handshake(cluster.node_base(other), target, cluster.token) == 503
+        # ...and a request this node cannot place gets 503, not a wrong 404.
+        assert httpx.get(f"{cluster.node_base(other)}/{target}/x").status_code == 503
+        cluster.start_redis()
+        # Redis came back empty: until every node re-wrote its leases, claims wait.
+        attempts: list[object] = []
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:
+            outcome = _handshake(cluster.node_base(other), target, cluster.token)
+            attempts.append(outcome)
+            assert isinstance(outcome, int), "a second node took a held id"
+            time.sleep(0.2)
+        assert attempts[-1] == 409, attempts  # the holder re-wrote its lease
+        assert 503 in attempts or 409 in attempts
+        time.sleep(0.5)
+    # Established tunnels never failed a request while Redis was gone.
+    failures = {i: load.failures(i, down_at) for i in ids}
+    assert all(not v for v in failures.values()), failures
+    assert sorted(_holders(cluster)) == ids
+    _record(
+        "redis_restart",
+        {
+            "requests_during": sum(len(v) for v in load.outcomes.values()),
+            "failed": sum(len(v) for v in failures.values()),
+            "claims_refused_after_restart": [a for a in attempts if isinstance(a, int)],
+        },
+    )
