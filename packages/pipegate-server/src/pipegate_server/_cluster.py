@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipegate_protocol import CloseCode, GoAwayReason, is_valid_connection_id
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -88,6 +88,8 @@ logger = logging.getLogger("pipegate.server")
 _UNAVAILABLE = (RedisError, OSError, TimeoutError)
 #: Seconds one Redis round trip may take before the directory counts Redis as down.
 _CALL_TIMEOUT = 2.0
+#: Connections to Redis one node opens at most.
+_MAX_CONNECTIONS = 32
 #: Requests to other nodes remembered for the per-id interval, at most.
 _MAX_ASKED = 10_000
 
@@ -287,18 +289,19 @@ class ClusterDirectory:
     def from_url(cls, url: str, **kwargs: Any) -> ClusterDirectory:
         """A directory on the Redis at ``url`` (``redis://host:port/db``,
         ``rediss://`` for TLS, ``unix:///path``). Calls fail fast rather than retry:
-        one attempt, a 1 s connect timeout, at most 64 connections (beyond that a call
-        fails as if Redis were down, so a flood of requests for unknown ids cannot
-        open unbounded connections)."""
-        redis = Redis.from_url(
+        one attempt, a 1 s connect timeout. At most ``_MAX_CONNECTIONS`` connections:
+        a call waits for a free one (bounded by the call timeout), so a flood of
+        requests for unknown ids queues on the pool instead of opening connections."""
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=_CALL_TIMEOUT,
             socket_connect_timeout=1.0,
             socket_timeout=_CALL_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
-            max_connections=64,
             decode_responses=True,
         )
-        return cls(redis, **kwargs)
+        return cls(Redis.from_pool(pool), **kwargs)
 
     # ------------------------------------------------------------------ keys
 
