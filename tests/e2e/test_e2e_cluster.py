@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from cluster_support import ROOT, Cluster
 from e2e_support import CLIENT_ARGS, TunnelFactory, tracked_group, wait_until
 from pipegate_conformance.harness import ManagedProcess, client_command
@@ -254,6 +256,36 @@ class _Load:
         self._stop.set()
         self._thread.join(30)
 
+    def wait_stable(self, ids: list[str], *, window: float = 1.5, timeout: float = 15.0) -> None:
+        """Until the load has seen only 200s for ``window`` seconds for every id of
+        ``ids`` (a tunnel may move twice: HAProxy redispatches a refused connection
+        to one node, then sends the id to its ring successor once its health checks
+        mark the node down)."""
+
+        def stable() -> bool | None:
+            now = time.monotonic()
+            for connection_id in ids:
+                recent = [
+                    (t, s)
+                    for t, s in list(self.outcomes.get(connection_id, []))
+                    if t >= now - window
+                ]
+                if not recent or any(s != 200 for _, s in recent):
+                    return None
+                if min(t for t, _ in recent) > now - window + 0.5:
+                    return None  # too few samples in the window
+            return True
+
+        wait_until(stable, timeout=timeout, interval=0.1, what=f"{ids} to relay steadily")
+
+    def outage(self, connection_id: str, since: float) -> float:
+        """Seconds from the first failure after ``since`` to the first 200 after the
+        last one (0 when nothing failed)."""
+        failed = self.failures(connection_id, since)
+        if not failed:
+            return 0.0
+        return self.recovered_after(connection_id, since) - (failed[0][0] - since)
+
     def failures(self, connection_id: str, since: float) -> list[tuple[float, int]]:
         return [(t, s) for t, s in self.outcomes.get(connection_id, []) if t >= since and s != 200]
 
@@ -262,7 +294,13 @@ class _Load:
         outcomes = [(t, s) for t, s in self.outcomes.get(connection_id, []) if t >= since]
         last_failure = max((t for t, s in outcomes if s != 200), default=since)
         first_ok = min((t for t, s in outcomes if s == 200 and t >= last_failure), default=None)
-        assert first_ok is not None, f"{connection_id} never recovered: {outcomes[-5:]}"
+        if first_ok is None:
+            changes = [
+                (round(t - since, 2), s)
+                for n, (t, s) in enumerate(outcomes)
+                if n == 0 or outcomes[n - 1][1] != s
+            ]
+            raise AssertionError(f"{connection_id} never recovered: {changes}")
         return first_ok - since
 
 
@@ -338,6 +376,8 @@ def test_a_node_dies_and_comes_back(cluster: Cluster, origin: str, tmp_path: Pat
         "kill_recovery_s": {"max": max(kill_recovery.values()), "per_id": kill_recovery},
         "kill_failed_requests_of_others": sum(len(v) for v in kill_failures.values()),
         "rejoin_recovery_s": {"max": max(back_recovery.values()), "per_id": back_recovery},
+        "kill_outage_s": max(load.outage(i, killed_at) for i in moved),
+        "rejoin_outage_s": max(load.outage(i, back_at) for i in moved),
         "rejoin_failed_requests_of_others": sum(len(v) for v in back_failures.values()),
         "requests": sum(len(v) for v in load.outcomes.values()),
     }
@@ -397,3 +437,80 @@ def test_redis_restarts_without_double_ownership(
             "claims_refused_after_restart": [a for a in attempts if isinstance(a, int)],
         },
     )
+
+
+def test_a_stranger_flooding_unknown_ids_costs_no_redis_state(shared_cluster: Cluster) -> None:
+    """Without a token: 1500 requests for random ids and random <id>.localhost hosts
+    through the balancer. Each costs a node one Redis read and nothing else: every one
+    gets 404, Redis holds no new key, and the tunnels keep serving."""
+    cluster = shared_cluster
+    store = redis.Redis(port=cluster.redis_port)
+    keys_before = store.dbsize()
+    rss_before = [_rss_mib(p.pid) for p in cluster.node_processes]
+    statuses: dict[int, int] = {}
+
+    def flood(worker: int) -> None:
+        with httpx.Client(timeout=10.0) as http:
+            for n in range(250):
+                name = f"x{worker}-{n}-{secrets.token_hex(4)}"
+                if n % 2:
+                    response = http.get(f"{cluster.base}/{name}/p")
+                else:
+                    response = http.get(f"{cluster.base}/p", headers={"Host": f"{name}.localhost"})
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(flood, range(6)))
+    assert statuses == {404: 1500}
+    assert store.dbsize() == keys_before
+    for before, process in zip(rss_before, cluster.node_processes, strict=True):
+        assert _rss_mib(process.pid) - before < 20
+    _wait_all_relaying(cluster, TUNNELS, timeout=10.0)
+
+
+def test_a_draining_node_hands_its_tunnels_over(
+    cluster: Cluster, origin: str, tmp_path: Path
+) -> None:
+    """SIGTERM on a node: its tunnels reconnect through the balancer to the other
+    nodes (the draining node frees their ids at once), the others never notice."""
+    ids = TUNNELS[:9]
+    _start_clients(cluster, origin, ids, tmp_path)
+    _wait_all_relaying(cluster, ids)
+    holders = _holders(cluster)
+    victim_name = max(
+        {"node1", "node2", "node3"}, key=lambda n: sum(1 for v in holders.values() if v == n)
+    )
+    victim = int(victim_name.removeprefix("node")) - 1
+    moved = sorted(i for i, n in holders.items() if n == victim_name)
+    stayed = sorted(i for i, n in holders.items() if n != victim_name)
+    survivor = next(i for i in range(3) if i != victim)
+    with _Load(cluster.base, ids) as load:
+        time.sleep(0.5)
+        stopped_at = time.monotonic()
+        cluster.node_processes[victim].stop(timeout=30.0)
+        wait_until(
+            lambda: (
+                True if all(_status(f"{cluster.base}/{i}/echo/d") == 200 for i in moved) else None
+            ),
+            timeout=15.0,
+            interval=0.1,
+            what="the drained node's tunnels to relay again",
+        )
+        time.sleep(0.5)
+    recovery = {i: load.recovered_after(i, stopped_at) for i in moved}
+    failures = {i: load.failures(i, stopped_at) for i in stayed}
+    _record(
+        "node_drained",
+        {"tunnels_on_drained_node": len(moved), "recovery_s": max(recovery.values())},
+    )
+    assert all(not v for v in failures.values()), failures
+    assert max(recovery.values()) < 10.0, recovery
+    assert victim_name not in _holders(cluster, survivor).values()
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")

@@ -191,8 +191,15 @@ class Gateway:
         self.reload_hooks: list[Callable[[], bool]] = []
         #: Checks visitors against tunnels' access rules (bounded bcrypt work).
         self.access = AccessChecker()
-        self.authenticator = Authenticator(*self._load_credentials())
+        token, credentials = self._load_credentials()
+        self.authenticator = Authenticator(token, credentials)
         self.agent = f"pipegate-server/{__version__}"
+        if settings.clustered and any(c.hostnames for c in credentials):
+            logger.warning(
+                "cluster mode: the tokens file grants custom hostnames, which cluster "
+                "nodes do not offer (the balancer cannot send them to their tunnel's "
+                "node); clients that ask for one stop with an error"
+            )
 
     @property
     def failures(self) -> TunnelDirectory:
@@ -339,6 +346,10 @@ class Gateway:
         logger.info("shutting down: go-away to %d tunnel(s), grace %.0f s", len(tunnels), grace)
         for tunnel in tunnels:
             tunnel.goaway(GoAwayReason.SHUTDOWN, "the server is shutting down")
+            if self.settings.clustered:
+                # Its client reconnects through the balancer to another node, which
+                # may claim the id at once; the streams in flight finish here.
+                self.directory.hand_off(tunnel)
         waits = [asyncio.ensure_future(tunnel.wait_idle()) for tunnel in tunnels]
         if waits:
             _, pending = await asyncio.wait(waits, timeout=grace)
@@ -602,6 +613,13 @@ class Gateway:
             text, retry = f"cannot tell where tunnel {name} is now; retry", b"2"
         headers = [(b"retry-after", retry)]
         self.metrics.request_refused(503)
+        client = scope.get("client")
+        logger.info(
+            "request refused: id=%s addr=%s status=503 reason=%s",
+            where.connection_id or name,
+            client[0] if client else "-",
+            presence.value,
+        )
         if scope["type"] == "websocket":
             await receive()
             await deny_websocket(scope, send, 503, text, headers)
