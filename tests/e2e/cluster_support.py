@@ -135,6 +135,8 @@ class Cluster:
             self.redis_url,
             "--node-name",
             f"node{index + 1}",
+            "--node-url",
+            self.node_base(index),
             "--domain",
             self.domain,
             # HAProxy reports the visitor (option forwardfor).

@@ -8,8 +8,11 @@ Failover timings are written to ``artifacts/cluster/failover.json``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ import httpx
 import pytest
 import redis
 from cluster_support import ROOT, Cluster
-from e2e_support import CLIENT_ARGS, TunnelFactory, tracked_group, wait_until
+from e2e_support import CLIENT_ARGS, TunnelFactory, expected_sha256, tracked_group, wait_until
 from pipegate_conformance.harness import ManagedProcess, client_command
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -86,11 +89,20 @@ _OPEN = contextlib.ExitStack()
 
 def _handshake(base: str, connection_id: str, token: str) -> ClientConnection | int:
     """A raw tunnel handshake: the open connection, or the refusal's HTTP status."""
+    return _handshake_with(base, connection_id, token)
+
+
+def _handshake_with(
+    base: str, connection_id: str, token: str, hostname: str = ""
+) -> ClientConnection | int:
+    headers = {"Authorization": f"Bearer {token}"}
+    if hostname:
+        headers["PipeGate-Hostname"] = hostname
     try:
         return _OPEN.enter_context(
             connect(
                 f"{base.replace('http', 'ws')}/{connection_id}",
-                additional_headers={"Authorization": f"Bearer {token}"},
+                additional_headers=headers,
                 subprotocols=["pipegate.v1"],  # type: ignore[list-item]
                 open_timeout=10,
             )
@@ -127,7 +139,9 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory, origin: str) -> Ite
     tokens = tmp / "tokens.toml"
     tokens.write_text(
         '[[tokens]]\nname = "capped"\ntoken = "capped-token-0123456789"\n'
-        'ids = ["cap-*"]\nmax_tunnels = 2\n'
+        'ids = ["cap-*"]\nmax_tunnels = 2\n\n'
+        '[[tokens]]\nname = "web"\ntoken = "web-token-0123456789"\n'
+        'ids = ["web-*"]\nhostnames = ["*.example.org"]\n'
     )
     with tracked_group() as group:
         cluster = Cluster(
@@ -209,21 +223,73 @@ def test_the_per_token_limit_counts_every_node(shared_cluster: Cluster) -> None:
     first.close()
 
 
-def test_custom_hostnames_are_not_offered_by_a_cluster_node(
+def test_custom_hostnames_reach_their_tunnel_through_any_node(
     shared_cluster: Cluster, tunnels: TunnelFactory
 ) -> None:
-    """A balancer cannot map a custom hostname to its tunnel's node: cluster nodes do
-    not offer them, and a client that asks for one stops (exit 4) instead of running
-    under URLs its user did not ask for."""
+    """HAProxy cannot know which node holds api.example.org: every node forwards its
+    requests (HTTP, bodies both ways, WebSocket) to the node that holds it."""
+    cluster = shared_cluster
     client = tunnels.client(
-        f"{shared_cluster.ws_base}/customer",
+        f"{cluster.ws_base}/web-1",
         "--hostname",
-        "api.example.org",
+        "app.example.org",
         "--no-inspect",
-        token=shared_cluster.token,
+        token="web-token-0123456789",
     )
-    code = wait_until(client.poll, timeout=20.0, what="the client to stop")
-    assert code == 4, client.output()[-2000:]
+    host = {"Host": "app.example.org"}
+
+    def relaying() -> bool | None:
+        if client.poll() is not None:
+            raise AssertionError(client.output()[-2000:])
+        return True if _status(f"{cluster.base}/r/echo/x", headers=host) == 200 else None
+
+    wait_until(relaying, timeout=20.0, interval=0.2, what="the custom hostname to relay")
+    holder = _holders(cluster)["web-1"]
+    assert _admin(cluster, 1, "cluster").json()["tunnels"]
+    # Through every node directly: the holder serves, the others forward.
+    # The caller comes from 127.0.0.2, the nodes from 127.0.0.1.
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as caller:
+        for node in range(3):
+            response = caller.get(f"{cluster.node_base(node)}/n{node}/echo/y?q=1", headers=host)
+            assert response.status_code == 200, (node, holder, response.text)
+            report = response.json()
+            assert report["raw_path"] == f"/n{node}/echo/y"
+            names = {name.lower(): value for name, value in report["headers"]}
+            assert names["x-forwarded-host"] == "app.example.org"
+            # The app learns the caller, whichever node it reached first.
+            assert names["x-forwarded-for"].split(",")[0].strip() == "127.0.0.2"
+    # Through the balancer, whatever node each first path segment hashes to.
+    for n in range(12):
+        assert _status(f"{cluster.base}/s{n}/echo/z", headers=host) == 200
+    size = 5 * 1024 * 1024
+    body = os.urandom(size)
+    for node in range(3):
+        upload = httpx.post(
+            f"{cluster.node_base(node)}/u/upload", content=body, headers=host, timeout=30.0
+        )
+        assert upload.json() == {"length": size, "sha256": hashlib.sha256(body).hexdigest()}
+        download = httpx.get(
+            f"{cluster.node_base(node)}/d/bytes/{size}", headers=host, timeout=30.0
+        )
+        assert hashlib.sha256(download.content).hexdigest() == expected_sha256(size)
+    for node in range(3):
+        sock = socket.create_connection(("127.0.0.1", cluster.node_ports[node]))
+        with connect("ws://app.example.org/w/ws/echo", sock=sock, open_timeout=10) as ws:
+            ws.send("through a node")
+            assert ws.recv(timeout=10) == "through a node"
+            ws.send(b"\x00\x01")
+            assert ws.recv(timeout=10) == b"\x00\x01"
+    # Another tunnel cannot take the name through another node.
+    other = next(i for i in range(3) if f"node{i + 1}" != holder)
+    refused = _handshake_with(
+        cluster.node_base(other), "web-2", "web-token-0123456789", "app.example.org"
+    )
+    assert refused == 409
+    # A request another node already forwarded is never forwarded again.
+    looped = httpx.get(
+        f"{cluster.node_base(other)}/l/echo/x", headers={**host, "Via": "1.1 pipegate"}
+    )
+    assert looped.status_code == 503
 
 
 @dataclass
@@ -330,16 +396,9 @@ def test_a_node_dies_and_comes_back(cluster: Cluster, origin: str, tmp_path: Pat
         time.sleep(1.0)
         killed_at = time.monotonic()
         cluster.kill_node(victim)
-        wait_until(
-            lambda: (
-                True if all(_status(f"{cluster.base}/{i}/echo/k") == 200 for i in moved) else None
-            ),
-            timeout=15.0,
-            interval=0.1,
-            what="the dead node's tunnels to relay again",
-        )
-        time.sleep(1.0)
+        load.wait_stable(moved)
         kill_recovery = {i: load.recovered_after(i, killed_at) for i in moved}
+        kill_outage = max(load.outage(i, killed_at) for i in moved)
         kill_failures = {i: load.failures(i, killed_at) for i in stayed}
 
         holders_after_kill = _holders(cluster, survivor)
@@ -359,15 +418,7 @@ def test_a_node_dies_and_comes_back(cluster: Cluster, origin: str, tmp_path: Pat
             interval=0.2,
             what="the tunnels to move back to the node that came back",
         )
-        wait_until(
-            lambda: (
-                True if all(_status(f"{cluster.base}/{i}/echo/b") == 200 for i in moved) else None
-            ),
-            timeout=15.0,
-            interval=0.1,
-            what="the moved tunnels to relay",
-        )
-        time.sleep(1.0)
+        load.wait_stable(moved)
         back_recovery = {i: load.recovered_after(i, back_at) for i in moved}
         back_failures = {i: load.failures(i, back_at) for i in stayed}
 
@@ -376,7 +427,7 @@ def test_a_node_dies_and_comes_back(cluster: Cluster, origin: str, tmp_path: Pat
         "kill_recovery_s": {"max": max(kill_recovery.values()), "per_id": kill_recovery},
         "kill_failed_requests_of_others": sum(len(v) for v in kill_failures.values()),
         "rejoin_recovery_s": {"max": max(back_recovery.values()), "per_id": back_recovery},
-        "kill_outage_s": max(load.outage(i, killed_at) for i in moved),
+        "kill_outage_s": kill_outage,
         "rejoin_outage_s": max(load.outage(i, back_at) for i in moved),
         "rejoin_failed_requests_of_others": sum(len(v) for v in back_failures.values()),
         "requests": sum(len(v) for v in load.outcomes.values()),
@@ -488,15 +539,7 @@ def test_a_draining_node_hands_its_tunnels_over(
         time.sleep(0.5)
         stopped_at = time.monotonic()
         cluster.node_processes[victim].stop(timeout=30.0)
-        wait_until(
-            lambda: (
-                True if all(_status(f"{cluster.base}/{i}/echo/d") == 200 for i in moved) else None
-            ),
-            timeout=15.0,
-            interval=0.1,
-            what="the drained node's tunnels to relay again",
-        )
-        time.sleep(0.5)
+        load.wait_stable(moved)
     recovery = {i: load.recovered_after(i, stopped_at) for i in moved}
     failures = {i: load.failures(i, stopped_at) for i in stayed}
     _record(

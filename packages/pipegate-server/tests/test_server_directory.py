@@ -185,6 +185,9 @@ class SharedDirectoryDouble:
         self.calls.append(("owner_of", hostname))
         return next((t for t in self.local.values() if hostname in t.hostnames), None)
 
+    def held_elsewhere(self, hostname: str) -> bool:
+        return False
+
     def offline(self, *, connection_id: str = "", hostname: str = "") -> float:
         return -1.0
 

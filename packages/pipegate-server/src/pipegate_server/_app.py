@@ -64,6 +64,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._factory import ServerApp
+    from ._forward import Forwarder
 
 __all__ = ["Gateway", "PipeGateApp", "create_app"]
 
@@ -130,6 +131,7 @@ def _directory_for(settings: ServerSettings) -> TunnelDirectory:
         local=local,
         name=settings.node_name,
         advertise=settings.public_url or "",
+        node_url=settings.node_url or "",
         prefix=settings.redis_prefix,
         offline_grace=settings.offline_grace,
     )
@@ -186,6 +188,12 @@ class Gateway:
         self._held: dict[str, float] = {}
         #: Tunnels handed off to another node, closing once idle (cluster mode).
         self._moves: set[asyncio.Task[None]] = set()
+        #: Forwards requests for tunnels other nodes hold (cluster mode, --node-url).
+        self.forwarder: Forwarder | None = None
+        if settings.clustered and settings.node_url:
+            from ._forward import Forwarder  # only cluster nodes import httpx
+
+            self.forwarder = Forwarder(settings)
         #: Called by :meth:`reload` after the credentials (the command line adds the
         #: TLS certificate's reload); each returns False when it kept the old state.
         self.reload_hooks: list[Callable[[], bool]] = []
@@ -194,11 +202,12 @@ class Gateway:
         token, credentials = self._load_credentials()
         self.authenticator = Authenticator(token, credentials)
         self.agent = f"pipegate-server/{__version__}"
-        if settings.clustered and any(c.hostnames for c in credentials):
+        if not settings.custom_hostnames and any(c.hostnames for c in credentials):
             logger.warning(
-                "cluster mode: the tokens file grants custom hostnames, which cluster "
-                "nodes do not offer (the balancer cannot send them to their tunnel's "
-                "node); clients that ask for one stop with an error"
+                "cluster mode without --node-url: the tokens file grants custom "
+                "hostnames, which this node does not offer (it cannot forward their "
+                "requests to the node that holds them); clients that ask for one stop "
+                "with an error"
             )
 
     @property
@@ -417,9 +426,9 @@ class Gateway:
             await refuse(403, f"this token may not claim connection id {connection_id!r}")
             return
         try:
-            # A cluster node does not offer custom hostnames: it ignores them (VE-2)
-            # and its hello tells the client so.
-            custom = [] if self.settings.clustered else requested_hostnames(headers)
+            # A cluster node without --node-url cannot forward, so it does not offer
+            # custom hostnames: it ignores them (VE-2) and its hello says so.
+            custom = [] if not self.settings.custom_hostnames else requested_hostnames(headers)
         except ValueError as exc:
             await refuse(400, f"bad PipeGate-Hostname: {exc}")
             return
@@ -592,10 +601,13 @@ class Gateway:
         return False
 
     async def _elsewhere(self, scope: Scope, receive: Receive, send: Send, route: Route) -> bool:
-        """Cluster mode, for a tunnel this node does not hold: answer 503 when another
-        node holds it (and ask that node to hand it off: the balancer sends its
-        requests here now), when it is moving or offline, or when Redis cannot say.
-        False when the directory knows nothing of it (the caller answers 404)."""
+        """Cluster mode, for a tunnel this node does not hold. When another node holds
+        it: forward the request there (``--node-url``), and when the balancer sent
+        its id here (not a custom hostname, which hashes elsewhere by nature) ask
+        that node to hand the tunnel off; without a node URL, or for a request another
+        node forwarded already, answer 503. Also 503 when it is moving or offline, or
+        when Redis cannot say. False when the directory knows nothing of it (the
+        caller answers 404). Returns True when the request was answered."""
         hostname = route.hostname if isinstance(route, HostRoute) else ""
         where = await self.directory.locate(connection_id=route.connection_id, hostname=hostname)
         presence = where.presence
@@ -603,7 +615,14 @@ class Gateway:
         if presence is Presence.NOWHERE or presence is Presence.HERE:
             return False
         if presence is Presence.ELSEWHERE:
-            self.directory.ask(where, ClusterRequest.MOVE)
+            if not hostname or hostname.partition(".")[2] in self.settings.domains:
+                self.directory.ask(where, ClusterRequest.MOVE)
+            if self.forwarder is not None and where.url and not self.forwarder.was_forwarded(scope):
+                if scope["type"] == "websocket":
+                    await self.forwarder.websocket(scope, receive, send, where.url)
+                else:
+                    await self.forwarder.http(scope, receive, send, where.url)
+                return True
             text, retry = f"tunnel {name} is moving to this server node; retry", b"1"
         elif presence is Presence.MOVING:
             text, retry = f"tunnel {name} is moving to another server node; retry", b"1"
@@ -730,6 +749,8 @@ def create_app(
             for tunnel in gateway.registry.running():
                 tunnel.close(CloseCode.GOING_AWAY, "server stopped")
             await gateway.directory.aclose()
+            if gateway.forwarder is not None:
+                await gateway.forwarder.aclose()
 
     app = PipeGateApp(
         title="PipeGate server",

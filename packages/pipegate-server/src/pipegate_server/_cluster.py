@@ -67,7 +67,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipegate_protocol import CloseCode, GoAwayReason, is_valid_connection_id
+from pipegate_protocol import (
+    MAX_REQUESTED_HOSTNAMES,
+    CloseCode,
+    GoAwayReason,
+    is_valid_connection_id,
+)
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -90,6 +95,8 @@ _UNAVAILABLE = (RedisError, OSError, TimeoutError)
 _CALL_TIMEOUT = 2.0
 #: Connections to Redis one node opens at most.
 _MAX_CONNECTIONS = 32
+#: Custom hostnames a node keeps as routing hints, at most.
+_MAX_HINTS = 100_000
 #: Requests to other nodes remembered for the per-id interval, at most.
 _MAX_ASKED = 10_000
 
@@ -200,17 +207,40 @@ return epoch
 """
 
 # KEYS: lease key (id or host), offline key   ARGV: node key prefix
-# Returns {lease or '', 1 if its node is alive else 0, offline marker or ''}.
+# Returns {lease or '', its node's heartbeat record ('' if dead), offline marker or ''}.
 _LOCATE = """
 local lease = redis.call('GET', KEYS[1])
-local alive = 0
+local record = ''
 if lease then
   local node = string.match(lease, '^([^|]*)|')
-  if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then alive = 1 end
+  if node then record = redis.call('GET', ARGV[1] .. node) or '' end
 else
   lease = ''
 end
-return {lease, alive, redis.call('GET', KEYS[2]) or ''}
+return {lease, record, redis.call('GET', KEYS[2]) or ''}
+"""
+
+# KEYS: the custom hostnames hash   ARGV: host key prefix
+# Drops the hints whose hostname's lease is gone or another's; returns the others.
+_HINTS = """
+local names = {}
+local hints = redis.call('HGETALL', KEYS[1])
+for i = 1, #hints, 2 do
+  if redis.call('GET', ARGV[1] .. hints[i]) == hints[i + 1] then
+    names[#names + 1] = hints[i]
+  else
+    redis.call('HDEL', KEYS[1], hints[i])
+  end
+end
+return names
+"""
+
+# KEYS: the custom hostnames hash   ARGV: lease, hostnames...
+_UNHINT = """
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 1
 """
 
 
@@ -241,10 +271,11 @@ class ClusterDirectory:
         local: TunnelRegistry | None = None,
         name: str = "",
         advertise: str = "",
+        node_url: str = "",
         prefix: str = "pipegate:",
         offline_grace: float = 300.0,
-        heartbeat: float = 1.0,
-        node_ttl: float = 3.0,
+        heartbeat: float = 0.5,
+        node_ttl: float = 2.0,
         lease_ttl: float = 30.0,
         lease_refresh: float = 10.0,
         settle: float = 3.0,
@@ -259,6 +290,11 @@ class ClusterDirectory:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.node = f"{self.name}-{secrets.token_hex(3)}"
         self.advertise = advertise
+        #: Where other nodes forward requests for this node's tunnels ('' = nowhere).
+        self.node_url = node_url
+        #: Custom hostnames some node of the cluster holds (routing hints: kept from
+        #: the ``custom`` hash, every ``lease_refresh`` and as nodes announce them).
+        self._hinted: set[str] = set()
         self.prefix = prefix
         self.offline_grace = offline_grace
         self.heartbeat = heartbeat
@@ -284,6 +320,8 @@ class ClusterDirectory:
         self._refresh = redis.register_script(_REFRESH)
         self._beat = redis.register_script(_HEARTBEAT)
         self._locate = redis.register_script(_LOCATE)
+        self._hints = redis.register_script(_HINTS)
+        self._unhint = redis.register_script(_UNHINT)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> ClusterDirectory:
@@ -368,6 +406,9 @@ class ClusterDirectory:
     def owner_of(self, hostname: str) -> Tunnel | None:
         return self.local.owner_of(hostname)
 
+    def held_elsewhere(self, hostname: str) -> bool:
+        return hostname in self._hinted
+
     def offline(self, *, connection_id: str = "", hostname: str = "") -> float:
         return self.local.offline(connection_id=connection_id, hostname=hostname)
 
@@ -414,6 +455,8 @@ class ClusterDirectory:
             self._spawn(self._free(lease, 0.0, ""))
             return local
         self._leases[tunnel] = lease
+        if tunnel.custom_hostnames:
+            self._spawn(self._announce(tunnel.custom_hostnames, value))
         return Claim.CLAIMED
 
     def release(self, tunnel: Tunnel) -> None:
@@ -423,6 +466,8 @@ class ClusterDirectory:
             moving = tunnel in self._moving
             grace = self.offline_grace if (tunnel.comes_back or moving) else 0.0
             self._spawn(self._free(lease, grace, "m" if moving else ""))
+            if tunnel.custom_hostnames:
+                self._spawn(self._withdraw(tunnel.custom_hostnames, lease.value))
 
     def forget(self, tunnel: Tunnel) -> None:
         self.release(tunnel)
@@ -434,6 +479,29 @@ class ClusterDirectory:
         its client has reconnected there, they answer 503 "moving"."""
         self._moving.add(tunnel)
         self.release(tunnel)
+
+    async def _announce(self, names: tuple[str, ...], lease: str) -> None:
+        """Tell every node that these custom hostnames are held (routing hints)."""
+        with contextlib.suppress(*_UNAVAILABLE):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(self._key("custom", "hosts"), mapping=dict.fromkeys(names, lease))
+                pipe.publish(self._key("hosts", "cluster"), json.dumps({"add": list(names)}))
+                await self._call(pipe.execute())
+
+    async def _withdraw(self, names: tuple[str, ...], lease: str) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):
+            await self._call(
+                self._unhint(keys=[self._key("custom", "hosts")], args=[lease, *names])
+            )
+            await self._call(
+                self.redis.publish(self._key("hosts", "cluster"), json.dumps({"del": list(names)}))
+            )
+
+    async def _reload_hints(self) -> None:
+        names = await self._call(
+            self._hints(keys=[self._key("custom", "hosts")], args=[self._key("host", "")])
+        )
+        self._hinted = set(names)
 
     async def _free(self, lease: _Lease, grace: float, marker: str) -> None:
         try:
@@ -455,7 +523,7 @@ class ClusterDirectory:
         count = 0
         for connection_id, value in leases.items():
             where = await self.locate(connection_id=connection_id)
-            if where.lease == value and where.presence is not Presence.NOWHERE:
+            if where.lease == value and where.presence in (Presence.HERE, Presence.ELSEWHERE):
                 count += 1
         return count
 
@@ -465,7 +533,7 @@ class ClusterDirectory:
         else:
             keys = [self._key("id", connection_id), self._key("off:id", connection_id)]
         try:
-            lease, alive, marker = await self._call(
+            lease, record, marker = await self._call(
                 self._locate(keys=keys, args=[self._key("node", "")])
             )
         except _UNAVAILABLE:
@@ -475,8 +543,12 @@ class ClusterDirectory:
             held = rest.partition("|")[2]
             if node == self.node:
                 return Whereabouts(Presence.HERE, held, node, lease)
-            if alive:
-                return Whereabouts(Presence.ELSEWHERE, held, node, lease)
+            if record:
+                try:
+                    url = str(json.loads(record).get("url") or "")
+                except (ValueError, AttributeError):
+                    url = ""
+                return Whereabouts(Presence.ELSEWHERE, held, node, lease, url=url)
             # Its node stopped answering: its client is on its way to another node.
             return Whereabouts(Presence.OFFLINE, held, node, lease)
         if marker:
@@ -591,6 +663,7 @@ class ClusterDirectory:
                             "name": self.name,
                             "node": self.node,
                             "address": self.advertise,
+                            "url": self.node_url,
                             "started": self.started,
                             "tunnels": len(self._leases),
                         }
@@ -612,6 +685,7 @@ class ClusterDirectory:
                 )
             self._epoch = epoch
             await self._refresh_leases()
+            await self._reload_hints()
 
     async def _heartbeat_loop(self) -> None:
         last_refresh = time.monotonic()
@@ -626,6 +700,7 @@ class ClusterDirectory:
                 if time.monotonic() - last_refresh >= self.lease_refresh:
                     last_refresh = time.monotonic()
                     await self._refresh_leases()
+                    await self._reload_hints()
             except _UNAVAILABLE:
                 continue
             except Exception:  # pragma: no cover - a bug must not stop the heartbeat
@@ -656,18 +731,50 @@ class ClusterDirectory:
 
     async def _listen(self) -> None:
         channel = self._key("inbox", self.node)
+        hosts = self._key("hosts", "cluster")
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
-                    await self._call(pubsub.subscribe(channel))
+                    await self._call(pubsub.subscribe(channel, hosts))
+                    with contextlib.suppress(*_UNAVAILABLE):
+                        # Hints announced before this subscription, or while away.
+                        await self._reload_hints()
                     while True:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=1.0
                         )
-                        if message is not None and message.get("type") == "message":
+                        if message is None or message.get("type") != "message":
+                            continue
+                        if message.get("channel") == hosts:
+                            self._hint(message.get("data"))
+                        else:
                             self._dispatch(message.get("data"))
             except _UNAVAILABLE:
                 await asyncio.sleep(self.heartbeat)
+            except UnicodeDecodeError:
+                # A message that is not UTF-8 would end the listener: drop the
+                # connection it was read on and subscribe again.
+                logger.warning("cluster message ignored (not UTF-8): node=%s", self.name)
+
+    def _hint(self, data: object) -> None:
+        """Apply a custom hostname announcement (``{"add": [...]}``/``{"del": [...]}``)."""
+        try:
+            message = json.loads(data) if isinstance(data, str | bytes) else {}
+            added = message.get("add", []) if isinstance(message, dict) else []
+            removed = message.get("del", []) if isinstance(message, dict) else []
+        except (ValueError, RecursionError):
+            return
+        for names, keep in ((added, True), (removed, False)):
+            if not isinstance(names, list):
+                continue
+            for name in names[:MAX_REQUESTED_HOSTNAMES]:
+                if not isinstance(name, str) or len(name) > 253:
+                    continue
+                if keep:
+                    if len(self._hinted) < _MAX_HINTS:
+                        self._hinted.add(name)
+                else:
+                    self._hinted.discard(name)
 
     def _dispatch(self, data: object) -> None:
         try:
@@ -677,7 +784,8 @@ class ClusterDirectory:
             request = ClusterRequest(message["op"])
             connection_id = message["id"]
             reason = str(message.get("reason", ""))[:200]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
+            # RecursionError: JSON nested too deep; it would end the listener.
             logger.warning("cluster message ignored (malformed): node=%s", self.name)
             return
         if not isinstance(connection_id, str) or not is_valid_connection_id(connection_id):

@@ -105,6 +105,8 @@ class Whereabouts:
     lease: str = ""
     #: Seconds since it ended (OFFLINE, MOVING).
     age: float = 0.0
+    #: Where other nodes reach the node that holds it (its ``--node-url``; ELSEWHERE).
+    url: str = ""
 
 
 class TunnelDirectory(Protocol):
@@ -131,6 +133,12 @@ class TunnelDirectory(Protocol):
 
     def owner_of(self, hostname: str) -> Tunnel | None:
         """The tunnel of this process reached at ``hostname`` (normal form), if any."""
+        ...
+
+    def held_elsewhere(self, hostname: str) -> bool:
+        """Whether another node holds ``hostname`` as a custom hostname, as far as this
+        process knows now (a routing hint, answered without I/O; the request is then
+        routed by host and :meth:`locate` says where its tunnel is)."""
         ...
 
     def offline(self, *, connection_id: str = "", hostname: str = "") -> float:
@@ -233,6 +241,9 @@ class TunnelRegistry:
 
     def owner_of(self, hostname: str) -> Tunnel | None:
         return self._by_host.get(hostname)
+
+    def held_elsewhere(self, hostname: str) -> bool:
+        return False
 
     def offline(self, *, connection_id: str = "", hostname: str = "") -> float:
         table = self._offline_hosts if hostname else self._offline_ids

@@ -290,6 +290,7 @@ class HostRouter:
                 tunnel is not None
                 or under_domain
                 or (self._directory.offline(hostname=hostname) >= 0)
+                or self._directory.held_elsewhere(hostname)
             ):
                 path = (scope.get("raw_path") or scope["path"].encode("utf-8")).decode("latin-1")
                 if tunnel is None:

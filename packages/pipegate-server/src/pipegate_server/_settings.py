@@ -115,11 +115,22 @@ class ServerSettings:
     node_name: str = ""
     #: Prefix of every Redis key and channel, so that clusters can share one Redis.
     redis_prefix: str = "pipegate:"
+    #: Where the other nodes reach this one (``http://10.0.0.11:8000``): they forward
+    #: it requests for its tunnels. Without it a cluster node cannot forward, answers
+    #: 503 instead, and offers no custom hostnames.
+    node_url: str | None = None
 
     @property
     def clustered(self) -> bool:
         """Whether tunnels are shared with other nodes through Redis."""
         return self.redis_url is not None
+
+    @property
+    def custom_hostnames(self) -> bool:
+        """Whether clients may ask for custom hostnames (RT-4): always on one node; in
+        a cluster only with ``node_url``, since their requests reach a node by the
+        hostname's hash and must be forwarded to the one that holds the tunnel."""
+        return self.redis_url is None or bool(self.node_url)
 
     def __post_init__(self) -> None:
         if not self.client_token and self.tokens_file is None:
@@ -168,6 +179,10 @@ class ServerSettings:
                 f"--domain {exc} (letters, digits, hyphens and dots)"
             ) from None
         object.__setattr__(self, "domains", tuple(domains))
+        if self.node_url is not None and not self.node_url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"--node-url must be an http:// or https:// URL, got {self.node_url!r}"
+            )
         if self.redis_url is not None and not self.node_name:
             object.__setattr__(self, "node_name", f"{socket.gethostname()}-{os.getpid()}")
         try:

@@ -193,11 +193,11 @@ class Tunnel(TunnelShell):
             Role.SERVER,
             version=version,
             limits=settings.limits(),
-            # A cluster's balancer cannot map a custom hostname to the node of its
-            # tunnel, so cluster nodes do not offer them (the client fails closed).
-            capabilities=(CAPABILITY_ACCESS,)
-            if settings.clustered
-            else (CAPABILITY_HOSTNAMES, CAPABILITY_ACCESS),
+            # Custom hostnames only where their requests can reach this tunnel: one
+            # node, or a cluster whose nodes forward (settings.custom_hostnames).
+            capabilities=(CAPABILITY_HOSTNAMES, CAPABILITY_ACCESS)
+            if settings.custom_hostnames
+            else (CAPABILITY_ACCESS,),
             agent=agent,
             connection_id=connection_id,
             public_url=public_url,

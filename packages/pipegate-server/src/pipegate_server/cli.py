@@ -298,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="this node's name in logs and the admin API (default: host name and pid)",
     )
     cluster.add_argument(
+        "--node-url",
+        metavar="URL",
+        help="where the other nodes reach this one (http://10.0.0.11:8000): they forward "
+        "it requests for its tunnels (custom hostnames, tunnels moving between nodes). "
+        "Without it such requests get 503 and custom hostnames are not offered",
+    )
+    cluster.add_argument(
         "--redis-prefix",
         default=d.redis_prefix,
         help=f"prefix of this cluster's Redis keys (default {d.redis_prefix!r})",
@@ -376,6 +383,7 @@ def settings_from_args(
     return ServerSettings(
         redis_url=redis_url,
         node_name=args.node_name,
+        node_url=args.node_url,
         redis_prefix=args.redis_prefix,
         client_token=token,
         client_token_file=token_file,
