@@ -31,6 +31,12 @@ agree on:
 ``<prefix>inbox:<node>``
     A pub/sub channel per node: another node asks it to hand a tunnel off (``move``)
     or to disconnect one (``kick``).
+``<prefix>custom:hosts`` and ``<prefix>hosts:cluster``
+    The custom hostnames some node holds (hostname → lease; written after a claim,
+    deleted by lease on release, entries whose lease is gone dropped on every
+    refresh), and a pub/sub channel announcing them as they come and go. Each node
+    keeps a copy as routing hints (:meth:`ClusterDirectory.held_elsewhere`), so the
+    router sends such a host to host routing, and on to the node that holds it.
 
 **Redis down.** Tunnels already connected keep serving: requests to them never touch
 Redis. New tunnels are refused with 503 (a claim that cannot be checked is never
@@ -45,11 +51,11 @@ log); docs/deploy.md says to run Redis and the nodes on one network for that rea
 
 **Membership changes.** When the balancer maps an id to another node (a node was
 added or came back), the request reaches a node that does not hold it: that node
-answers 503 with ``Retry-After: 1`` and asks the holder, at most once per
-``move_interval`` seconds per id, to hand the tunnel off. The holder sends go-away,
-frees the lease and closes the tunnel once its streams end (at most ``move_grace``
-seconds later); the client reconnects through the balancer and lands on the node the
-id now maps to.
+forwards it to the holder (``_forward.py``; 503 with ``Retry-After: 1`` without a
+node URL) and asks the holder, at most once per ``move_interval`` seconds per id, to
+hand the tunnel off. The holder sends go-away, frees the lease and closes the tunnel
+once its streams end (at most 10 s later, ``_app._MOVE_GRACE``); the client reconnects
+through the balancer and lands on the node the id now maps to.
 """
 
 from __future__ import annotations
