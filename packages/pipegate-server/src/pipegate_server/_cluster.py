@@ -382,7 +382,10 @@ class ClusterDirectory:
     async def _call(self, awaitable: Any) -> Any:
         """One Redis round trip, bounded in time; marks Redis down or up again."""
         try:
-            result = await asyncio.wait_for(awaitable, _CALL_TIMEOUT)
+            # Not wait_for: on Python 3.11 it can swallow a cancellation that comes
+            # as the call completes, and aclose() would then wait for ever.
+            async with asyncio.timeout(_CALL_TIMEOUT):
+                result = await awaitable
         except _UNAVAILABLE as exc:
             if not self.redis_down:
                 self.redis_down = True
@@ -639,9 +642,17 @@ class ClusterDirectory:
 
     async def aclose(self) -> None:
         """Leave the cluster: free this node's leases and its heartbeat, stop tasks."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending = set(self._tasks)
+        while pending:
+            # Cancelled again until they end: a cancellation that comes as a Redis
+            # call completes can be lost (asyncio and redis-py on Python 3.11), and
+            # the heartbeat or the inbox would then run on for ever.
+            for task in pending:
+                task.cancel()
+            done, pending = await asyncio.wait(pending, timeout=0.5)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()
         try:
             for tunnel, lease in list(self._leases.items()):
                 await self._free(lease, self.offline_grace if tunnel.comes_back else 0.0, "")
