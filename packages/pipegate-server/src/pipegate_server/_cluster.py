@@ -332,17 +332,20 @@ class ClusterDirectory:
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> ClusterDirectory:
         """A directory on the Redis at ``url`` (``redis://host:port/db``,
-        ``rediss://`` for TLS, ``unix:///path``). Calls fail fast rather than retry:
-        one attempt, a 1 s connect timeout. At most ``_MAX_CONNECTIONS`` connections:
-        a call waits for a free one (bounded by the call timeout), so a flood of
-        requests for unknown ids queues on the pool instead of opening connections."""
+        ``rediss://`` for TLS, ``unix:///path``). Calls fail fast: two immediate
+        attempts (no backoff), a 1 s connect timeout. At most ``_MAX_CONNECTIONS``
+        connections: a call waits for a free one (bounded by the call timeout), so a
+        flood of requests for unknown ids queues on the pool instead of opening
+        connections."""
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=_MAX_CONNECTIONS,
             timeout=_CALL_TIMEOUT,
             socket_connect_timeout=1.0,
             socket_timeout=_CALL_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
+            # One immediate retry: a pooled connection that Redis dropped (a restart)
+            # fails once; a Redis that is down fails both tries at once.
+            retry=Retry(NoBackoff(), 1),
             decode_responses=True,
         )
         return cls(Redis.from_pool(pool), **kwargs)
@@ -695,7 +698,7 @@ class ClusterDirectory:
             if self._epoch is not None:
                 logger.warning(
                     "redis lost the cluster's state (new epoch): node=%s re-writing %d "
-                    "lease(s); claims wait %.0f s",
+                    "lease(s); claims wait %g s",
                     self.name,
                     len(self._leases),
                     self.settle,
