@@ -5,6 +5,7 @@ results file. Not collected by pytest (no ``test_`` names, outside the test path
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -151,16 +152,19 @@ class LoadResult:
 
 async def run_load(
     label: str,
-    url: str,
+    url: str | Sequence[str],
     *,
     concurrency: int,
     count: int,
     max_seconds: float,
     check: Callable[[int, bytes], bool] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """GET ``url`` ``count`` times with ``concurrency`` workers over keep-alive
-    connections, stopping early after ``max_seconds``; every request has a timeout."""
+    connections, stopping early after ``max_seconds``; every request has a timeout.
+    ``url`` may be several URLs, taken round-robin; ``headers`` go with every request."""
     result = LoadResult(label, concurrency)
+    next_url = itertools.cycle([url] if isinstance(url, str) else list(url)).__next__
     remaining = count
     deadline = time.monotonic() + max_seconds
     timeout = aiohttp.ClientTimeout(total=30)
@@ -174,7 +178,7 @@ async def run_load(
                 result.sent += 1
                 started = time.perf_counter()
                 try:
-                    async with session.get(url) as response:
+                    async with session.get(next_url(), headers=headers) as response:
                         body = await response.read()
                         status = response.status
                 except (aiohttp.ClientError, TimeoutError) as exc:

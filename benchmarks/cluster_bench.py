@@ -25,43 +25,37 @@ Bounded: every load loop stops after its count or its time, whichever comes firs
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
-import itertools
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from _common import (
-    LoadResult,
     cpu_seconds,
     event_loop_runner,
     machine_info,
     print_table,
     retry_once,
+    run_load,
     write_results,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 from cluster_support import Cluster
-from e2e_support import CLIENT_ARGS, probe_status, wait_until
+from e2e_support import probe_status, wait_until
 from pipegate_conformance.harness import (
     HarnessError,
     ManagedProcess,
     ProcessGroup,
-    client_command,
     free_port,
     origin_command,
     wait_for_http,
@@ -84,45 +78,8 @@ class Config:
 CONFIGS = (Config(1, 1), Config(2, 1), Config(3, 1), Config(2, 2), Config(3, 3))
 
 
-async def run_load_urls(
-    label: str, urls: Sequence[str], *, concurrency: int, count: int, max_seconds: float
-) -> LoadResult:
-    """``_common.run_load`` over several URLs, taken round-robin by the workers: GET
-    ``count`` times at most, for ``max_seconds`` at most, every body checked."""
-    result = LoadResult(label, concurrency)
-    remaining = count
-    deadline = time.monotonic() + max_seconds
-    next_url = itertools.cycle(urls).__next__
-    timeout = aiohttp.ClientTimeout(total=30)
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0 and time.monotonic() < deadline:
-                remaining -= 1
-                result.sent += 1
-                started = time.perf_counter()
-                try:
-                    async with session.get(next_url()) as response:
-                        body = await response.read()
-                        status = response.status
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    result.errors += 1
-                    key = type(exc).__name__
-                    result.statuses[key] = result.statuses.get(key, 0) + 1
-                    continue
-                result.latencies.append(time.perf_counter() - started)
-                result.statuses[str(status)] = result.statuses.get(str(status), 0) + 1
-                if status == 200 and len(body) == SMALL_SIZE:
-                    result.ok += 1
-                else:
-                    result.errors += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        result.elapsed = time.perf_counter() - started
-    return result
+def _small_body(status: int, body: bytes) -> bool:
+    return len(body) == SMALL_SIZE
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -148,7 +105,14 @@ def measure(
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     busy_before, total_before = machine_ticks()
     result = event_loop_runner()(
-        run_load_urls(label, urls, concurrency=concurrency, count=count, max_seconds=seconds)
+        run_load(
+            label,
+            urls,
+            concurrency=concurrency,
+            count=count,
+            max_seconds=seconds,
+            check=_small_body,
+        )
     )
     busy_after, total_after = machine_ticks()
     cpu = {
@@ -167,49 +131,7 @@ def measure(
 
 def _stat_requests(cluster: Cluster) -> dict[str, int]:
     """Requests HAProxy sent to each node so far (``stot`` of ``show stat``)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5.0)
-        sock.connect(str(cluster.workdir / "haproxy.sock"))
-        sock.sendall(b"show stat\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    lines = data.decode().splitlines()
-    header = lines[0].lstrip("# ").split(",")
-    counts = {}
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == "pipegate" and row.get("svname", "").startswith("node"):
-            counts[row["svname"]] = int(row.get("stot") or 0)
-    return counts
-
-
-def _client_config(path: Path, cluster: Cluster, origin: str, ids: Sequence[str]) -> Path:
-    """As tests/e2e/test_e2e_cluster.py writes it: one ``[[tunnels]]`` per id."""
-    lines = [
-        f'server_url = "{cluster.ws_base}"',
-        'token_env = "PIPEGATE_CLIENT_TOKEN"',
-        "inspect = false",
-    ]
-    for connection_id in ids:
-        lines += ["", "[[tunnels]]", f'id = "{connection_id}"', f'local_url = "{origin}"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _start_clients(
-    cluster: Cluster, origin: str, ids: Sequence[str], processes: int
-) -> list[ManagedProcess]:
-    """``processes`` client processes with ``--config``, the ids dealt out between them."""
-    started = []
-    for index in range(processes):
-        mine = ids[index::processes]
-        config = _client_config(cluster.workdir / f"client{index + 1}.toml", cluster, origin, mine)
-        argv = client_command(origin, "ws://unused", cluster.token, *CLIENT_ARGS)
-        argv = [argv[0], "--config", str(config), *CLIENT_ARGS]
-        env = {"PIPEGATE_CLIENT_TOKEN": cluster.token}
-        started.append(cluster.group.start(f"client{index + 1}", argv, env))
-    return started
+    return {name: int(row.get("stot") or 0) for name, row in cluster.server_stats().items()}
 
 
 def _wait_relaying(cluster: Cluster, ids: Sequence[str], clients: list[ManagedProcess]) -> None:
@@ -230,7 +152,7 @@ def running_cluster(
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp, ProcessGroup() as group:
         cluster = Cluster(group, "bench-" + secrets.token_urlsafe(18), Path(tmp), config.nodes)
         cluster.start()
-        clients = _start_clients(cluster, origin, ids, config.clients)
+        clients = cluster.start_clients(origin, ids, config.clients)
         _wait_relaying(cluster, ids, clients)
         yield cluster, clients
 
@@ -253,7 +175,7 @@ def _config_round(
         pids = _pids(cluster, clients, origin_pid)
         urls = [f"{cluster.base}/{i}{SMALL_PATH}" for i in ids]
         run = event_loop_runner()
-        run(run_load_urls("warmup", urls, concurrency=16, count=600, max_seconds=10))
+        run(run_load("warmup", urls, concurrency=16, count=600, max_seconds=10))
         counts = _stat_requests(cluster)
         outcome["throughput"] = measure(
             "lb",

@@ -13,15 +13,17 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from e2e_support import SERVER_ARGS, probe_status, wait_until
+from e2e_support import CLIENT_ARGS, SERVER_ARGS, probe_status, wait_until
 from pipegate_conformance.harness import (
     HarnessError,
     ManagedProcess,
     ProcessGroup,
+    client_command,
     free_port,
     server_command,
     wait_for_port,
@@ -171,6 +173,10 @@ class Cluster:
 
     def server_states(self) -> dict[str, str]:
         """HAProxy's view of each node: ``UP``, ``DOWN``, ``UP 1/2``, ..."""
+        return {name: row.get("status", "") for name, row in self.server_stats().items()}
+
+    def server_stats(self) -> dict[str, dict[str, str]]:
+        """HAProxy's ``show stat`` row of each node (``status``, ``stot``, ...)."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5.0)
             sock.connect(str(self.workdir / "haproxy.sock"))
@@ -180,12 +186,39 @@ class Cluster:
                 data += chunk
         lines = data.decode().splitlines()
         header = lines[0].lstrip("# ").split(",")
-        states = {}
+        rows = {}
         for line in lines[1:]:
             row = dict(zip(header, line.split(","), strict=False))
             if row.get("pxname") == "pipegate" and row.get("svname", "").startswith("node"):
-                states[row["svname"]] = row.get("status", "")
-        return states
+                rows[row["svname"]] = row
+        return rows
+
+    def start_clients(
+        self, origin: str, ids: Sequence[str], processes: int = 1
+    ) -> list[ManagedProcess]:
+        """``processes`` pipegate-client processes through the balancer, each with a
+        ``--config`` file holding its share of ``ids`` (one WebSocket per tunnel), all
+        in front of ``origin``."""
+        started = []
+        for index in range(processes):
+            config = self.workdir / f"clients{index + 1}.toml"
+            lines = [
+                f'server_url = "{self.ws_base}"',
+                'token_env = "PIPEGATE_CLIENT_TOKEN"',
+                "inspect = false",
+            ]
+            for connection_id in ids[index::processes]:
+                lines += ["", "[[tunnels]]", f'id = "{connection_id}"', f'local_url = "{origin}"']
+            config.write_text("\n".join(lines) + "\n")
+            argv = [client_command(origin, "ws://-", self.token)[0], "--config", str(config)]
+            started.append(
+                self.group.start(
+                    f"clients{index + 1}",
+                    [*argv, *CLIENT_ARGS],
+                    env={"PIPEGATE_CLIENT_TOKEN": self.token},
+                )
+            )
+        return started
 
     def wait_balanced(self, *, up: range | list[int], timeout: float = 20.0) -> None:
         """Until HAProxy's health checks see exactly the nodes ``up`` as UP."""

@@ -24,34 +24,13 @@ import httpx
 import pytest
 import redis
 from cluster_support import ROOT, Cluster
-from e2e_support import CLIENT_ARGS, TunnelFactory, expected_sha256, tracked_group, wait_until
-from pipegate_conformance.harness import ManagedProcess, client_command
+from e2e_support import TunnelFactory, expected_sha256, tracked_group, wait_until
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 ADMIN = "cluster-admin-token-0123456789"
 TUNNELS = [f"t{i:02d}" for i in range(20)]
 ARTIFACTS = ROOT / "artifacts" / "cluster"
-
-
-def _client_config(path: Path, cluster: Cluster, origin: str, ids: list[str]) -> Path:
-    lines = [
-        f'server_url = "{cluster.ws_base}"',
-        'token_env = "PIPEGATE_CLIENT_TOKEN"',
-        "inspect = false",
-    ]
-    for connection_id in ids:
-        lines += ["", "[[tunnels]]", f'id = "{connection_id}"', f'local_url = "{origin}"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _start_clients(cluster: Cluster, origin: str, ids: list[str], tmp: Path) -> ManagedProcess:
-    config = _client_config(tmp / "pipegate.toml", cluster, origin, ids)
-    argv = client_command(origin, "ws://unused", cluster.token, *CLIENT_ARGS)
-    # One process, one WebSocket per tunnel (issue 14's --config), through HAProxy.
-    argv = [argv[0], "--config", str(config), *CLIENT_ARGS]
-    return cluster.group.start("clients", argv, env={"PIPEGATE_CLIENT_TOKEN": cluster.token})
 
 
 def _status(url: str, **kwargs: object) -> int:
@@ -150,7 +129,7 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory, origin: str) -> Ite
             tmp,
             node_args=("--admin-token-file", str(admin), "--tokens-file", str(tokens)),
         ).start()
-        _start_clients(cluster, origin, TUNNELS, tmp)
+        cluster.start_clients(origin, TUNNELS)
         _wait_all_relaying(cluster, TUNNELS)
         yield cluster
 
@@ -370,6 +349,19 @@ class _Load:
         return first_ok - since
 
 
+def _busiest_node(cluster: Cluster) -> tuple[int, str, list[str], list[str]]:
+    """The node holding the most tunnels: its index and name, its ids, the others'."""
+    holders = _holders(cluster)
+    name = max(
+        {"node1", "node2", "node3"}, key=lambda n: sum(1 for v in holders.values() if v == n)
+    )
+    held = sorted(i for i, n in holders.items() if n == name)
+    others = sorted(i for i, n in holders.items() if n != name)
+    assert held, holders
+    assert others, holders
+    return int(name.removeprefix("node")) - 1, name, held, others
+
+
 def _record(name: str, figures: dict[str, object]) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / "failover.json"
@@ -379,17 +371,9 @@ def _record(name: str, figures: dict[str, object]) -> None:
 
 
 def test_a_node_dies_and_comes_back(cluster: Cluster, origin: str, tmp_path: Path) -> None:
-    _start_clients(cluster, origin, TUNNELS, tmp_path)
+    cluster.start_clients(origin, TUNNELS)
     _wait_all_relaying(cluster, TUNNELS)
-    holders = _holders(cluster)
-    victim_name = max(
-        {"node1", "node2", "node3"}, key=lambda n: sum(1 for v in holders.values() if v == n)
-    )
-    victim = int(victim_name.removeprefix("node")) - 1
-    moved = sorted(i for i, n in holders.items() if n == victim_name)
-    stayed = sorted(i for i, n in holders.items() if n != victim_name)
-    assert moved, holders
-    assert stayed, holders
+    victim, victim_name, moved, stayed = _busiest_node(cluster)
     survivor = next(i for i in range(3) if i != victim)
 
     with _Load(cluster.base, TUNNELS) as load:
@@ -445,7 +429,7 @@ def test_redis_restarts_without_double_ownership(
     cluster: Cluster, origin: str, tmp_path: Path
 ) -> None:
     ids = TUNNELS[:6]
-    _start_clients(cluster, origin, ids, tmp_path)
+    cluster.start_clients(origin, ids)
     _wait_all_relaying(cluster, ids)
     holders = _holders(cluster)
     target = ids[0]
@@ -525,15 +509,9 @@ def test_a_draining_node_hands_its_tunnels_over(
     """SIGTERM on a node: its tunnels reconnect through the balancer to the other
     nodes (the draining node frees their ids at once), the others never notice."""
     ids = TUNNELS[:9]
-    _start_clients(cluster, origin, ids, tmp_path)
+    cluster.start_clients(origin, ids)
     _wait_all_relaying(cluster, ids)
-    holders = _holders(cluster)
-    victim_name = max(
-        {"node1", "node2", "node3"}, key=lambda n: sum(1 for v in holders.values() if v == n)
-    )
-    victim = int(victim_name.removeprefix("node")) - 1
-    moved = sorted(i for i, n in holders.items() if n == victim_name)
-    stayed = sorted(i for i, n in holders.items() if n != victim_name)
+    victim, victim_name, moved, stayed = _busiest_node(cluster)
     survivor = next(i for i in range(3) if i != victim)
     with _Load(cluster.base, ids) as load:
         time.sleep(0.5)

@@ -59,7 +59,14 @@ class RunningServer:
 @contextlib.asynccontextmanager
 async def start_server(**overrides: Any) -> AsyncIterator[RunningServer]:
     settings = replace(ServerSettings(client_token=TOKEN), **overrides)
-    app = create_app(settings)
+    async with serve_app(create_app(settings), settings) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Any, settings: ServerSettings) -> AsyncIterator[RunningServer]:
+    """``app`` (from ``create_app(settings, ...)``) under uvicorn on a free loopback
+    port, as the command line configures it, until the block ends."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -283,6 +290,7 @@ class Harness:
 
     token: str = TOKEN
     start_server: Any = start_server
+    serve_app: Any = serve_app
     fake_client: Any = fake_client
     echo_handler: Any = echo_handler
 

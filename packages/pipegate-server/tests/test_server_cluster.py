@@ -27,7 +27,6 @@ from typing import Any, cast
 
 import httpx
 import pytest
-import uvicorn
 from pipegate_protocol import CAPABILITY_HOSTNAMES, CloseCode, GoAwayReason
 from pipegate_server import ServerSettings, create_app
 from pipegate_server import _cluster as cluster_module
@@ -35,7 +34,6 @@ from pipegate_server._auth import Credential
 from pipegate_server._cluster import ClusterDirectory
 from pipegate_server._registry import Claim, ClusterRequest, Presence, Whereabouts
 from pipegate_server._tunnel import Tunnel
-from pipegate_server.cli import uvicorn_config
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -686,25 +684,6 @@ async def _count_at_least(items: list[Any], n: int) -> bool:
 # ---------------------------------------------------------------------- the Gateway
 
 
-@dataclass
-class Served:
-    """The bits of conftest's RunningServer that ``pg.fake_client`` reads."""
-
-    app: Any
-    port: int
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws_url(self, connection_id: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/{connection_id}"
-
-    @property
-    def directory(self) -> ClusterDirectory:
-        return cast(ClusterDirectory, self.app.state.gateway.directory)
-
-
 def _settings(token: str, url: str, name: str, prefix: str) -> ServerSettings:
     return replace(
         ServerSettings(client_token=token),
@@ -716,35 +695,19 @@ def _settings(token: str, url: str, name: str, prefix: str) -> ServerSettings:
 
 
 @contextlib.asynccontextmanager
-async def _serve(settings: ServerSettings) -> AsyncIterator[Served]:
+async def _serve(pg: Any, settings: ServerSettings) -> AsyncIterator[Any]:
+    """A cluster node (conftest's RunningServer) on the test Redis, past its settle."""
     assert settings.redis_url is not None
     directory = ClusterDirectory.from_url(
         settings.redis_url, name=settings.node_name, prefix=settings.redis_prefix, **TIMINGS
     )
-    app = create_app(settings, directory=directory)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn_config(
-        app, settings, host="127.0.0.1", port=0, log_level="warning", log_config=None
-    )
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(500):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "server did not start"
-    await _past_settle(directory)
-    try:
-        yield Served(app, sock.getsockname()[1])
-    finally:
-        server.should_exit = True
-        try:
-            await asyncio.wait_for(task, 10)
-        finally:
-            sock.close()
+    async with pg.serve_app(create_app(settings, directory=directory), settings) as running:
+        await _past_settle(directory)
+        yield running
+
+
+def _directory_of(running: Any) -> ClusterDirectory:
+    return cast(ClusterDirectory, running.gateway.directory)
 
 
 async def _handshake_status(port: int, connection_id: str, token: str) -> tuple[int, str]:
@@ -765,8 +728,8 @@ async def test_a_request_for_another_nodes_tunnel_gets_503_and_moves_it(
 ) -> None:
     url = redis_server.url
     async with (
-        _serve(_settings(pg.token, url, "gw-a", prefix)) as a,
-        _serve(_settings(pg.token, url, "gw-b", prefix)) as b,
+        _serve(pg, _settings(pg.token, url, "gw-a", prefix)) as a,
+        _serve(pg, _settings(pg.token, url, "gw-b", prefix)) as b,
         httpx.AsyncClient(timeout=5.0) as http,
     ):
         async with pg.fake_client(a, "roamer", pg.echo_handler) as client:
@@ -797,7 +760,7 @@ async def test_a_request_for_another_nodes_tunnel_gets_503_and_moves_it(
             await _until(goaway, "node gw-a to hand the tunnel off", within=5.0)
 
             async def moving() -> bool:
-                where = await b.directory.locate(connection_id="roamer")
+                where = await _directory_of(b).locate(connection_id="roamer")
                 return where.presence is Presence.MOVING
 
             await _until(moving, "the id to be marked moving")
@@ -816,7 +779,7 @@ async def test_a_node_without_redis_refuses_tunnels_and_unknown_ids_with_503(
 ) -> None:
     settings = _settings(pg.token, own_redis.url, "gw-down", "gwdown:")
     async with (
-        _serve(settings) as node,
+        _serve(pg, settings) as node,
         httpx.AsyncClient(timeout=5.0) as http,
     ):
         admin = {"Authorization": f"Bearer {ADMIN}"}

@@ -9,15 +9,12 @@ the same interface.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pipegate_server import Gateway, ServerSettings, create_app
 from pipegate_server._auth import Credential, FailureTracker
 from pipegate_server._registry import (
@@ -29,7 +26,6 @@ from pipegate_server._registry import (
     Whereabouts,
 )
 from pipegate_server._tunnel import Tunnel
-from pipegate_server.cli import uvicorn_config
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -247,48 +243,6 @@ def test_both_directories_satisfy_the_protocol() -> None:
     assert all(len(d) == 0 for d in directories)
 
 
-@dataclass
-class _Running:
-    """The bits of conftest's RunningServer that ``pg.fake_client`` reads."""
-
-    app: Any
-    port: int
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws_url(self, connection_id: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/{connection_id}"
-
-
-@contextlib.asynccontextmanager
-async def _serve(settings: ServerSettings, directory: TunnelDirectory) -> AsyncIterator[_Running]:
-    app = create_app(settings, directory=directory)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn_config(
-        app, settings, host="127.0.0.1", port=0, log_level="warning", log_config=None
-    )
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(500):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "server did not start"
-    try:
-        yield _Running(app, sock.getsockname()[1])
-    finally:
-        server.should_exit = True
-        try:
-            await asyncio.wait_for(task, 10)
-        finally:
-            sock.close()
-
-
 async def _handshake_status(port: int, connection_id: str, token: str) -> int:
     with pytest.raises(InvalidStatus) as info:
         async with connect(
@@ -303,7 +257,7 @@ async def _handshake_status(port: int, connection_id: str, token: str) -> int:
 async def test_gateway_claims_relays_and_ends_through_another_directory(pg: Any) -> None:
     directory = SharedDirectoryDouble()
     settings = ServerSettings(client_token=pg.token, max_tunnels_per_token=5)
-    async with _serve(settings, directory) as server:
+    async with pg.serve_app(create_app(settings, directory=directory), settings) as server:
         assert server.app.state.gateway.directory is directory
         async with pg.fake_client(server, "node", pg.echo_handler):
             assert ("claim", ("node", 5)) in directory.calls
@@ -326,7 +280,7 @@ async def test_gateway_claims_relays_and_ends_through_another_directory(pg: Any)
 async def test_the_directory_decides_409_429_and_bad_token_delays(pg: Any) -> None:
     directory = SharedDirectoryDouble(elsewhere={"held-elsewhere"}, failure_delay=0.2)
     settings = ServerSettings(client_token=pg.token, max_tunnels_per_token=2)
-    async with _serve(settings, directory) as server:
+    async with pg.serve_app(create_app(settings, directory=directory), settings) as server:
         port = server.port
         assert await _handshake_status(port, "held-elsewhere", pg.token) == 409
         credential = server.app.state.gateway.authenticator.authenticate(pg.token)
