@@ -191,7 +191,7 @@ class Gateway:
         #: Forwards requests for tunnels other nodes hold (cluster mode, --node-url).
         self.forwarder: Forwarder | None = None
         if settings.clustered and settings.node_url:
-            from ._forward import Forwarder  # only cluster nodes import httpx
+            from ._forward import Forwarder  # only cluster nodes import aiohttp
 
             self.forwarder = Forwarder(settings)
         #: Called by :meth:`reload` after the credentials (the command line adds the

@@ -6,7 +6,7 @@ know which id it belongs to) and requests for an id whose tunnel has not moved y
 after a membership change. :class:`Forwarder` sends them on to the holder's
 ``--node-url``, as a reverse proxy would:
 
-* HTTP through httpx (a pooled client per node process): the method, the raw path
+* HTTP through aiohttp (a pooled client per node process): the method, the raw path
   and query, the headers in order (hop-by-hop ones removed, HD-4, and the ``Host``
   kept, so the holder routes the request as the balancer's node would have), the body
   streamed both ways, the response's bytes as the holder sent them (no decoding).
@@ -22,8 +22,9 @@ a node never forwards a request that already has it, so two nodes that disagree 
 a moment about who holds a tunnel answer 503 instead of passing a request back and
 forth.
 
-Memory: the request body is read one ASGI message at a time and handed to httpx, the
-response one chunk at a time (httpx reads at most 64 KiB per chunk), and a forwarded
+Memory: the request body is read one ASGI message at a time and handed to aiohttp, the
+response one chunk as aiohttp reads it (aiohttp stops reading from the holder while
+128 KiB wait in its buffer: twice its 64 KiB ``read_bufsize``), and a forwarded
 WebSocket holds at most ``max_queue`` (4) messages of ``max_websocket_message_size``
 each way in websockets' buffers.
 """
@@ -33,12 +34,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 from pipegate_protocol import PROXY_HEADER_PREFIX, PROXY_HEADERS, raw_hop_by_hop_names
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from yarl import URL
 
 from ._asgi import Receive, Scope, Send
 from ._relay import deny_websocket, send_plain
@@ -100,15 +103,26 @@ class Forwarder:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=2.0, read=None, write=None, pool=5.0),
-            limits=httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=32),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running loop (aiohttp wants one).
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=_MAX_CONNECTIONS, ttl_dns_cache=300, enable_cleanup_closed=True
+                ),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0, connect=5.0),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     @staticmethod
     def was_forwarded(scope: Scope) -> bool:
@@ -120,9 +134,18 @@ class Forwarder:
 
     async def http(self, scope: Scope, receive: Receive, send: Send, node_url: str) -> None:
         """Forward one HTTP request to the node at ``node_url`` and stream its answer."""
-        headers = _caller_headers(scope, frozenset())
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in _caller_headers(scope, frozenset())
+        ]
+        # A request without a body is sent without one (an empty stream would go as
+        # a chunked upload); one with a Content-Length keeps it.
+        has_body = any(
+            (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding"
+            for name, value in scope["headers"]
+        )
 
-        async def body() -> Any:
+        async def body() -> AsyncIterator[bytes]:
             while True:
                 event = await receive()
                 if event["type"] == "http.disconnect":
@@ -133,11 +156,16 @@ class Forwarder:
                 if not event.get("more_body", False):
                     return
 
-        url = httpx.URL(node_url).copy_with(raw_path=_raw_target(scope))
-        request = self._client.build_request(scope["method"], url, headers=headers, content=body())
+        url = URL(node_url.rstrip("/") + _raw_target(scope).decode("latin-1"), encoded=True)
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self._client().request(
+                scope["method"],
+                url,
+                headers=headers,
+                data=body() if has_body else None,
+                allow_redirects=False,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             logger.warning("forward failed: node=%s error=%s", node_url, type(exc).__name__)
             await send_plain(
                 send,
@@ -147,26 +175,25 @@ class Forwarder:
             )
             return
         try:
-            drop = raw_hop_by_hop_names(response.headers.raw)
+            raw = response.raw_headers
+            drop = raw_hop_by_hop_names(raw)
             await send(
                 {
                     "type": "http.response.start",
-                    "status": response.status_code,
+                    "status": response.status,
                     "headers": [
-                        (name.lower(), value)
-                        for name, value in response.headers.raw
-                        if name.lower() not in drop
+                        (name.lower(), value) for name, value in raw if name.lower() not in drop
                     ],
                 }
             )
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (httpx.HTTPError, OSError):
+        except (aiohttp.ClientError, OSError):
             # The holder or the caller went away mid-response: nothing more to send.
             pass
         finally:
-            await response.aclose()
+            response.release()
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send, node_url: str) -> None:
         """Forward one WebSocket session to the node at ``node_url``."""
@@ -178,7 +205,7 @@ class Forwarder:
             if name == b"host":
                 host = value
                 break
-        target = httpx.URL(node_url)
+        target = URL(node_url)
         uri = f"{'wss' if target.scheme == 'https' else 'ws'}://{host.decode('latin-1')}"
         uri += _raw_target(scope).decode("latin-1")
         headers = [
