@@ -25,7 +25,7 @@ import pytest
 import redis
 from cluster_support import ROOT, Cluster
 from e2e_support import TunnelFactory, expected_sha256, tracked_group, wait_until
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 ADMIN = "cluster-admin-token-0123456789"
@@ -200,6 +200,41 @@ def test_the_per_token_limit_counts_every_node(shared_cluster: Cluster) -> None:
 
     wait_until(freed, timeout=10.0, interval=0.2, what="the closed tunnel's slot")
     first.close()
+
+
+def _until_closed(websocket: ClientConnection) -> ConnectionClosed:
+    """Read (the server's pings, a go-away) until the connection closes; bounded."""
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            websocket.recv(timeout=deadline - time.monotonic())
+        except ConnectionClosed as exc:
+            return exc
+        except TimeoutError:
+            break
+    raise AssertionError("the connection stayed open")
+
+
+def test_an_admin_kick_through_any_node_reaches_the_holder(shared_cluster: Cluster) -> None:
+    """POST .../kick on a node that does not hold the id: the holder disconnects it."""
+    cluster = shared_cluster
+    held = _handshake(cluster.node_base(0), "kick-me", cluster.token)
+    assert not isinstance(held, int)
+    response = httpx.post(
+        f"{cluster.node_base(2)}/_pipegate/admin/tunnels/kick-me/kick",
+        json={"reason": "maintenance"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert response.status_code == 200, response.text
+    assert "node1" in response.json()["detail"]
+    closed = _until_closed(held)
+    assert closed.rcvd is not None
+    assert closed.rcvd.code == 1008
+    missing = httpx.post(
+        f"{cluster.node_base(2)}/_pipegate/admin/tunnels/nobody/kick",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert missing.status_code == 404
 
 
 def test_custom_hostnames_reach_their_tunnel_through_any_node(
