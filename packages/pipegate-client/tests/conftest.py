@@ -311,6 +311,8 @@ class LocalApp:
         self.upload_chunks: list[int] = []
         #: Raw paths of every echo request, in order.
         self.echoed: list[str] = []
+        #: The Host of every WebSocket handshake, in order.
+        self.ws_hosts: list[str] = []
 
     def requests_seen(self, raw_path: str) -> int:
         return self.echoed.count(raw_path)
@@ -387,6 +389,7 @@ def make_local_app(state: LocalApp) -> web.Application:
         return web.Response(text="too late")
 
     async def websocket(request: web.Request) -> web.WebSocketResponse:
+        state.ws_hosts.append(request.headers.get("Host", ""))
         ws = web.WebSocketResponse(protocols=("chat", "superchat"), max_msg_size=0)
         await ws.prepare(request)
         async for msg in ws:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from pipegate_client import ClientSettings
 from pipegate_client.cli import build_parser, settings_from_args
 from pipegate_client.errors import ConfigurationError, HostnamesUnsupportedError
-from pipegate_protocol import CAPABILITY_HOSTNAMES, HOSTNAME_HEADER
+from pipegate_protocol import CAPABILITY_HOSTNAMES, HOSTNAME_HEADER, StreamKind
 
 WAIT = 10.0
 
@@ -77,6 +78,27 @@ async def test_host_header_preserve_sends_the_callers_host(harness: Any) -> None
         )
         headers = json.loads(body)["headers"]
         assert [v for n, v in headers if n.lower() == "host"] == ["node.example.com"]
+
+
+@pytest.mark.parametrize("preserve", [True, False])
+async def test_host_header_applies_to_websocket_handshakes(harness: Any, preserve: bool) -> None:
+    """websockets builds Host from the URI: with preserve, the URI carries the caller's
+    Host and the connection still goes to the local app."""
+    headers = [
+        ("Host", "node.example.com:8443"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    async with harness.run(harness.settings(preserve_host=preserve)) as (client, _output, _task):
+        fake = await harness.server.next_tunnel()
+        await asyncio.wait_for(client.connected.wait(), WAIT)
+        stream = await fake.open("GET", "/ws", headers=headers, kind=StreamKind.WEBSOCKET)
+        head = await fake.response(stream)
+        assert head.status == 101, head
+        fake.conn.send_websocket_close(stream, 1000, "done")
+        await fake.flush()
+    local = urlsplit(harness.local_url).netloc
+    assert harness.local.ws_hosts == ["node.example.com:8443" if preserve else local]
 
 
 async def test_host_header_rewrite_is_the_default(tunnel: Any) -> None:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pipegate_protocol import (
     ResetCode,
@@ -76,6 +79,12 @@ async def relay_websocket(channel: LocalStream, app: LocalApp, connection_id: st
         channel.outcome = "websocket path refused"
         await send_plain_error(channel, 400, exc.reason)
         return
+    destination: dict[str, Any] = {}
+    if app.preserve_host:
+        # --host-header preserve: websockets builds Host from the URI, so the URI
+        # carries the caller's Host while the TCP (and TLS) connection goes to the
+        # local app.
+        url, destination = _preserving_host(url, message.headers)
     try:
         try:
             # Never follow a redirect of the local app: its 3xx is the caller's answer
@@ -97,6 +106,7 @@ async def relay_websocket(channel: LocalStream, app: LocalApp, connection_id: st
                 open_timeout=app.connect_timeout,
                 close_timeout=5,
                 ssl=app.ssl_context(),
+                **destination,
             )
         except InvalidStatus as exc:
             refusal = exc.response
@@ -135,6 +145,33 @@ async def relay_websocket(channel: LocalStream, app: LocalApp, connection_id: st
     except asyncio.CancelledError:
         channel.outcome = f"{channel.outcome} reset by server".lstrip()
         raise
+
+
+#: A Host this client passes on in a WebSocket handshake: a name or an IP literal
+#: and a port, nothing else.
+_AUTHORITY = re.compile(r"[A-Za-z0-9._-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _preserving_host(url: str, headers: Sequence[tuple[str, str]]) -> tuple[str, dict[str, Any]]:
+    """``url`` with the caller's Host as its authority, and where to connect instead
+    (the local app's host and port, and its name for TLS); ``url`` unchanged without a
+    usable Host (none, or not a plain ``host[:port]``)."""
+    caller = next((value for name, value in headers if name.lower() == "host"), "")
+    local = urlsplit(url)
+    if not _AUTHORITY.fullmatch(caller) or local.hostname is None:
+        return url, {}
+    try:
+        urlsplit(f"//{caller}").port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return url, {}
+    secure = local.scheme == "wss"
+    destination: dict[str, Any] = {
+        "host": local.hostname,
+        "port": local.port or (443 if secure else 80),
+    }
+    if secure:
+        destination["server_hostname"] = local.hostname
+    return urlunsplit(local._replace(netloc=caller)), destination
 
 
 async def _relay_messages(channel: LocalStream, local: ClientConnection) -> str:
