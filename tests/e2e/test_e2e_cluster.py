@@ -127,7 +127,14 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory, origin: str) -> Ite
             group,
             "cluster-" + "s" * 20,
             tmp,
-            node_args=("--admin-token-file", str(admin), "--tokens-file", str(tokens)),
+            node_args=(
+                "--admin-token-file",
+                str(admin),
+                "--tokens-file",
+                str(tokens),
+                "--stream-idle-timeout",
+                "3",
+            ),
         ).start()
         cluster.start_clients(origin, TUNNELS)
         _wait_all_relaying(cluster, TUNNELS)
@@ -304,6 +311,22 @@ def test_custom_hostnames_reach_their_tunnel_through_any_node(
         f"{cluster.node_base(other)}/l/echo/x", headers={**host, "Via": "1.1 pipegate"}
     )
     assert looped.status_code == 503
+    # A caller that reads nothing of a forwarded 64 MiB download is dropped after the
+    # idle timeout (3 s here), not held for ever with its task and connection.
+    with socket.socket() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", cluster.node_ports[other]))
+        stalled.sendall(b"GET /d/bytes/67108864 HTTP/1.1\r\nHost: app.example.org\r\n\r\n")
+        time.sleep(6.0)  # reads nothing for twice the idle timeout
+        # The forwarding node gave up on its own (before this caller read anything).
+        assert "reason=the caller read nothing" in cluster.node_processes[other].output()
+        stalled.settimeout(10.0)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := stalled.recv(1 << 20):
+                received += len(chunk)
+        assert received < 64 * 1024 * 1024  # cut off, not delivered
+    assert _status(f"{cluster.node_base(other)}/after/echo/x", headers=host) == 200
 
 
 @dataclass

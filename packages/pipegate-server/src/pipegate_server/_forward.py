@@ -186,12 +186,18 @@ class Forwarder:
                     ],
                 }
             )
+            idle = self.settings.stream_idle_timeout
             async for chunk in response.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # A caller that reads nothing for --stream-idle-timeout is dropped, as
+                # the relay drops it, instead of holding this task and a connection.
+                async with asyncio.timeout(idle):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (aiohttp.ClientError, OSError):
             # The holder or the caller went away mid-response: nothing more to send.
             pass
+        except TimeoutError:
+            logger.info("forward ended: node=%s reason=the caller read nothing", node_url)
         finally:
             response.release()
 
@@ -249,10 +255,13 @@ class Forwarder:
             return
         async with upstream:
             await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
-            await _pump(receive, send, upstream)
+            try:
+                await _pump(receive, send, upstream, self.settings.stream_idle_timeout)
+            except TimeoutError:
+                logger.info("forward ended: node=%s reason=the caller read nothing", node_url)
 
 
-async def _pump(receive: Receive, send: Send, upstream: ClientConnection) -> None:
+async def _pump(receive: Receive, send: Send, upstream: ClientConnection, idle: float) -> None:
     """Messages both ways until either side closes; the close code goes across."""
 
     async def caller_to_node() -> None:
@@ -271,10 +280,11 @@ async def _pump(receive: Receive, send: Send, upstream: ClientConnection) -> Non
     try:
         with contextlib.suppress(ConnectionClosed):
             async for message in upstream:
-                if isinstance(message, str):
-                    await send({"type": "websocket.send", "text": message})
-                else:
-                    await send({"type": "websocket.send", "bytes": message})
+                async with asyncio.timeout(idle):  # a caller that reads nothing
+                    if isinstance(message, str):
+                        await send({"type": "websocket.send", "text": message})
+                    else:
+                        await send({"type": "websocket.send", "bytes": message})
         code = upstream.close_code or 1000
         if code in (1005, 1006, 1015):  # not sendable: no code, abnormal, TLS
             code = 1000 if code == 1005 else 1011
