@@ -193,11 +193,11 @@ class Forwarder:
                 async with asyncio.timeout(idle):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:  # before OSError, its base class
+            logger.info("forward ended: node=%s reason=the caller read nothing", node_url)
         except (aiohttp.ClientError, OSError):
             # The holder or the caller went away mid-response: nothing more to send.
             pass
-        except TimeoutError:
-            logger.info("forward ended: node=%s reason=the caller read nothing", node_url)
         finally:
             response.release()
 
