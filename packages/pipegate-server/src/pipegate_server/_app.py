@@ -615,15 +615,25 @@ class Gateway:
         if presence is Presence.NOWHERE or presence is Presence.HERE:
             return False
         if presence is Presence.ELSEWHERE:
-            if not hostname or hostname.partition(".")[2] in self.settings.domains:
+            forwarder = self.forwarder
+            # Only a node without --node-url gets no forwards: forwarder None.
+            forwarded = forwarder is not None and forwarder.was_forwarded(scope)
+            by_id = not hostname or hostname.partition(".")[2] in self.settings.domains
+            if by_id and not forwarded:
+                # The balancer sends this id here now: the tunnel should follow.
                 self.directory.ask(where, ClusterRequest.MOVE)
-            if self.forwarder is not None and where.url and not self.forwarder.was_forwarded(scope):
+            if forwarder is not None and where.url and not forwarded:
                 if scope["type"] == "websocket":
-                    await self.forwarder.websocket(scope, receive, send, where.url)
+                    await forwarder.websocket(scope, receive, send, where.url)
                 else:
-                    await self.forwarder.http(scope, receive, send, where.url)
+                    await forwarder.http(scope, receive, send, where.url)
                 return True
-            text, retry = f"tunnel {name} is moving to this server node; retry", b"1"
+            text = (
+                f"tunnel {name} is moving to this server node; retry"
+                if by_id and not forwarded
+                else f"tunnel {name} is on another server node; retry"
+            )
+            retry = b"1"
         elif presence is Presence.MOVING:
             text, retry = f"tunnel {name} is moving to another server node; retry", b"1"
         elif presence is Presence.OFFLINE:
