@@ -9,9 +9,7 @@ Driven by the reference client, so only the server under test is involved.
 from __future__ import annotations
 
 import asyncio
-import gc
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -27,28 +25,12 @@ from pipegate_conformance.expected import (
     expected_after_hop_by_hop,
 )
 from pipegate_conformance.plugin import ServerUnderTest, conformance_settings
-from pipegate_conformance.refpeer import ReferenceClient, connect_reference_client
+from pipegate_conformance.refpeer import ReferenceClient
+from pipegate_conformance.support import connect_reference, new_connection_id, release_reference
 from pipegate_protocol import Open, ResetCode, StreamKind, WebSocketClose
 from websockets.asyncio.client import ClientConnection, connect
 
-_PEERS: list[ReferenceClient] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_peers() -> AsyncIterator[None]:
-    yield
-    while _PEERS:
-        await _PEERS.pop().close()
-    gc.collect()
-
-
-async def _connect(server: ServerUnderTest) -> tuple[ReferenceClient, str]:
-    connection_id = f"ref-{secrets.token_hex(5)}"
-    peer = await connect_reference_client(
-        server.ws_url(connection_id), server.token, ssl_context=server.ssl_context()
-    )
-    _PEERS.append(peer)
-    return peer, connection_id
+pytestmark = pytest.mark.usefixtures("reference_clients_closed")
 
 
 def _call(url: str, **kw: Any) -> asyncio.Task[httpx.Response]:
@@ -122,7 +104,8 @@ def test_server_drops_hop_by_hop_request_headers(
     without those a Connection header names; the rest in order with duplicates."""
 
     async def scenario() -> list[tuple[str, str]]:
-        peer, connection_id = await _connect(server)
+        connection_id = new_connection_id()
+        peer = await connect_reference(server, connection_id)
         try:
             caller = _call(f"{server.public_url(connection_id)}/hd4", headers=headers)
             opened = await peer.next_of(Open)
@@ -131,7 +114,7 @@ def test_server_drops_hop_by_hop_request_headers(
             assert (await caller).status_code == 204
             return _of_interest(opened.headers)
         finally:
-            _PEERS.remove(peer)
+            release_reference(peer)
             await peer.close()
 
     expected = _of_interest(expected_after_hop_by_hop([(n.lower(), v) for n, v in headers]))
@@ -152,7 +135,8 @@ async def test_server_drops_hop_by_hop_response_headers(server: ServerUnderTest)
         ("x-pgc-other", "hop"),
         ("x-pgc-keep", "2"),
     ]
-    peer, connection_id = await _connect(server)
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
     caller = _call(f"{server.public_url(connection_id)}/hd4")
     opened = await peer.next_of(Open)
     peer.conn.send_response(opened.stream_id, 200, sent, end_stream=True)
@@ -178,7 +162,8 @@ async def test_every_reset_before_head_maps_to_its_status(
     server: ServerUnderTest, code: str, status: int
 ) -> None:
     """HD-10: each reset code received before the response head gives its status."""
-    peer, connection_id = await _connect(server)
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
     caller = _call(f"{server.public_url(connection_id)}/reset")
     opened = await peer.next_of(Open)
     peer.conn.reset_stream(opened.stream_id, ResetCode(code))
@@ -196,7 +181,8 @@ async def test_reset_websocket_closes_caller_with_its_code(
 ) -> None:
     """WS-4: a reset of an accepted WebSocket stream closes the caller with 1011, or
     1001 for ``cancelled``."""
-    peer, connection_id = await _connect(server)
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
     caller, stream_id = await _caller_websocket(server, connection_id, peer)
     async with caller:
         peer.conn.reset_stream(stream_id, ResetCode(code))
@@ -211,7 +197,8 @@ async def test_ws_close_code_at_the_callers_hop(
 ) -> None:
     """WS-4: a sendable ws_close code reaches the caller unchanged; WS-5: 1005, 1006
     and 1015, which no close frame may carry, close the caller with 1011."""
-    peer, connection_id = await _connect(server)
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
     caller, stream_id = await _caller_websocket(server, connection_id, peer)
     async with caller:
         peer.conn.send_websocket_close(stream_id, received, "")
@@ -223,7 +210,8 @@ async def test_ws_close_code_at_the_callers_hop(
 async def test_caller_close_without_status_is_relayed_as_1000(server: ServerUnderTest) -> None:
     """WS-5: a caller's close frame without a status code becomes ws_close 1000 (1005
     is never sent in ws_close)."""
-    peer, connection_id = await _connect(server)
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
     caller, stream_id = await _caller_websocket(server, connection_id, peer)
     async with caller:
         assert caller.transport is not None

@@ -10,44 +10,22 @@ server (without it those checks are skipped, with that reason).
 from __future__ import annotations
 
 import asyncio
-import gc
 import secrets
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
 from pipegate_conformance.harness import Tunnel
 from pipegate_conformance.origin import ResponseSpec
 from pipegate_conformance.plugin import ServerUnderTest
-from pipegate_conformance.refpeer import (
-    ReferenceClient,
-    TunnelRefused,
-    connect_reference_client,
-)
+from pipegate_conformance.refpeer import TunnelRefused
+from pipegate_conformance.support import connect_reference, new_connection_id, release_reference
 from pipegate_protocol import CAPABILITY_HOSTNAMES, HOSTNAME_HEADER
 
-_PEERS: list[ReferenceClient] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_peers() -> AsyncIterator[None]:
-    yield
-    while _PEERS:
-        await _PEERS.pop().close()
-    gc.collect()
-
-
-async def _connect(server: ServerUnderTest, connection_id: str, **kw: Any) -> ReferenceClient:
-    peer = await connect_reference_client(
-        server.ws_url(connection_id), server.token, ssl_context=server.ssl_context(), **kw
-    )
-    _PEERS.append(peer)
-    return peer
+pytestmark = pytest.mark.usefixtures("reference_clients_closed")
 
 
 def _new_id() -> str:
-    return f"rt-{secrets.token_hex(5)}"
+    return new_connection_id("rt")
 
 
 def _domain(server: ServerUnderTest) -> str:
@@ -82,7 +60,7 @@ async def test_the_hello_lists_every_public_url_ending_with_a_slash(
     server: ServerUnderTest,
 ) -> None:
     connection_id = _new_id()
-    peer = await _connect(server, connection_id)
+    peer = await connect_reference(server, connection_id)
     hello = peer.server_hello
     assert hello is not None
     assert hello.public_urls, "RT-5: the server's hello lists no public_urls"
@@ -139,12 +117,12 @@ async def test_ids_that_cannot_be_labels_and_labels_in_another_case(
 ) -> None:
     _domain(server)
     with pytest.raises(TunnelRefused) as refused:
-        await _connect(server, f"rt_{secrets.token_hex(4)}")
+        await connect_reference(server, f"rt_{secrets.token_hex(4)}")
     assert refused.value.status == 400
     connection_id = _new_id()
-    await _connect(server, connection_id)
+    await connect_reference(server, connection_id)
     with pytest.raises(TunnelRefused) as taken:
-        await _connect(server, connection_id.upper())
+        await connect_reference(server, connection_id.upper())
     assert taken.value.status == 409
 
 
@@ -153,24 +131,24 @@ async def test_ids_that_cannot_be_labels_and_labels_in_another_case(
 
 @pytest.mark.rule("RT-4", "VE-2")
 async def test_hostname_requests_are_checked_or_ignored(server: ServerUnderTest) -> None:
-    probe = await _connect(server, _new_id())
+    probe = await connect_reference(server, _new_id())
     assert probe.server_hello is not None
     honours = CAPABILITY_HOSTNAMES in probe.server_hello.capabilities
     await probe.close()
-    _PEERS.remove(probe)
+    release_reference(probe)
     bad = [(HOSTNAME_HEADER, "not_a_hostname.example")]
     if honours:
         with pytest.raises(TunnelRefused) as refused:
-            await _connect(server, _new_id(), extra_headers=bad)
+            await connect_reference(server, _new_id(), extra_headers=bad)
         assert refused.value.status == 400
         # A well-formed name the token was not granted (the suite's token holds none
         # it knows of, and nobody is granted this random name): 403.
         name = [(HOSTNAME_HEADER, f"rt-{secrets.token_hex(6)}.invalid")]
         with pytest.raises(TunnelRefused) as denied:
-            await _connect(server, _new_id(), extra_headers=name)
+            await connect_reference(server, _new_id(), extra_headers=name)
         assert denied.value.status == 403
     else:  # a server without the extension ignores the header (VE-2)
-        peer = await _connect(server, _new_id(), extra_headers=bad)
+        peer = await connect_reference(server, _new_id(), extra_headers=bad)
         assert peer.server_hello is not None
         assert not peer.server_hello.hostnames
 
@@ -181,9 +159,9 @@ async def test_hostname_requests_are_checked_or_ignored(server: ServerUnderTest)
 @pytest.mark.rule("RT-6", "HD-10")
 async def test_offline_is_not_unknown(server: ServerUnderTest) -> None:
     connection_id = _new_id()
-    peer = await _connect(server, connection_id)
+    peer = await connect_reference(server, connection_id)
     await peer.close()
-    _PEERS.remove(peer)
+    release_reference(peer)
     url = f"{server.public_url(connection_id)}/x"
     async with httpx.AsyncClient(timeout=30) as http:
         for _ in range(100):  # the server notices the close

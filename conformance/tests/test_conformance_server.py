@@ -10,10 +10,9 @@ cannot turn these into errors: every check here is the server's alone.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -21,12 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pipegate_conformance.plugin import ServerUnderTest, conformance_settings
-from pipegate_conformance.refpeer import (
-    ReferenceClient,
-    ReferenceTunnel,
-    TunnelRefused,
-    connect_reference_client,
-)
+from pipegate_conformance.refpeer import ReferenceTunnel, TunnelRefused
+from pipegate_conformance.support import connect_reference, new_connection_id, release_reference
 from pipegate_protocol import (
     MAX_WINDOW,
     Open,
@@ -34,35 +29,7 @@ from pipegate_protocol import (
     Role,
 )
 
-
-def _new_id() -> str:
-    return f"ref-{secrets.token_hex(5)}"
-
-
-#: Reference clients opened by the running check; closed by :func:`_close_peers` so
-#: a failing check cannot leak a socket into a later one (ResourceWarning is an error).
-_PEERS: list[ReferenceClient] = []
-
-
-@pytest.fixture(autouse=True)
-async def _close_peers() -> AsyncIterator[None]:
-    yield
-    while _PEERS:
-        await _PEERS.pop().close()
-    gc.collect()
-
-
-async def _connect(
-    server: ServerUnderTest, connection_id: str | None = None, **kw: Any
-) -> ReferenceClient:
-    peer = await connect_reference_client(
-        server.ws_url(connection_id or _new_id()),
-        kw.pop("token", server.token),
-        ssl_context=server.ssl_context(),
-        **kw,
-    )
-    _PEERS.append(peer)
-    return peer
+pytestmark = pytest.mark.usefixtures("reference_clients_closed")
 
 
 def _get(url: str, **kw: Any) -> httpx.Response:
@@ -88,7 +55,7 @@ def test_health_endpoint_is_reserved(server: ServerUnderTest) -> None:
 async def test_missing_token_is_refused_with_401(server: ServerUnderTest) -> None:
     """HS-7: no token -> a real HTTP 401 to the upgrade (not accept-then-close)."""
     with pytest.raises(TunnelRefused) as refused:
-        await _connect(server, token=None)
+        await connect_reference(server, token=None)
     assert refused.value.status == 401
     assert refused.value.headers.get("www-authenticate", "").lower().startswith("bearer")
 
@@ -98,7 +65,7 @@ async def test_wrong_token_is_refused_with_403(server: ServerUnderTest) -> None:
     """HS-7: wrong token -> 403; HS-8: the reason does not echo the token."""
     wrong = f"wrong-{secrets.token_hex(8)}"
     with pytest.raises(TunnelRefused) as refused:
-        await _connect(server, token=wrong)
+        await connect_reference(server, token=wrong)
     assert refused.value.status == 403
     assert wrong.encode() not in refused.value.body
     assert server.token.encode() not in refused.value.body
@@ -107,7 +74,7 @@ async def test_wrong_token_is_refused_with_403(server: ServerUnderTest) -> None:
 @pytest.mark.rule("HS-2")
 async def test_alternative_token_header_is_accepted(server: ServerUnderTest) -> None:
     """HS-2: PipeGate-Client-Token works like Authorization: Bearer."""
-    peer = await _connect(server, token_header="PipeGate-Client-Token")
+    peer = await connect_reference(server, token_header="PipeGate-Client-Token")
     assert peer.server_hello is not None
     await peer.close()
 
@@ -123,14 +90,14 @@ async def test_no_common_version_is_refused_with_400(
 ) -> None:
     """HS-3/VE-3: only an exact known token counts; otherwise 400 before accept."""
     with pytest.raises(TunnelRefused) as refused:
-        await _connect(server, versions=offer)
+        await connect_reference(server, versions=offer)
     assert refused.value.status == 400
 
 
 @pytest.mark.rule("HS-3")
 async def test_unknown_offers_are_skipped(server: ServerUnderTest) -> None:
     """HS-3: unknown offered tokens are ignored; pipegate.v1 is selected."""
-    peer = await _connect(server, versions=("pipegate.v999", ProtocolVersion.V1.value))
+    peer = await connect_reference(server, versions=("pipegate.v999", ProtocolVersion.V1.value))
     assert peer.ws.subprotocol == ProtocolVersion.V1.value
     await peer.close()
 
@@ -142,15 +109,15 @@ async def test_invalid_connection_id_is_refused_with_404(
 ) -> None:
     """HS-1/HS-7: an invalid or reserved id is refused with 404 before accept."""
     with pytest.raises(TunnelRefused) as refused:
-        await _connect(server, bad_id)
+        await connect_reference(server, bad_id)
     assert refused.value.status == 404
 
 
 @pytest.mark.rule("HS-4", "HS-5", "HS-6", "HS-12", "VE-1")
 async def test_server_hello(server: ServerUnderTest) -> None:
     """HS-4/HS-12: the server's hello comes first, names the id and the public URL."""
-    connection_id = _new_id()
-    peer = await _connect(server, connection_id)
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
     hello = peer.server_hello
     assert hello is not None
     assert hello.role is Role.SERVER
@@ -165,10 +132,10 @@ async def test_server_hello(server: ServerUnderTest) -> None:
 async def test_duplicate_id_is_refused_and_first_keeps_working(server: ServerUnderTest) -> None:
     """HS-9: a second tunnel for a connected id gets 409; the first keeps serving; once
     the first is gone the id is free again."""
-    connection_id = _new_id()
-    first = await _connect(server, connection_id)
+    connection_id = new_connection_id()
+    first = await connect_reference(server, connection_id)
     with pytest.raises(TunnelRefused) as refused:
-        await _connect(server, connection_id)
+        await connect_reference(server, connection_id)
     assert refused.value.status == 409
 
     caller = asyncio.create_task(
@@ -186,7 +153,7 @@ async def test_duplicate_id_is_refused_and_first_keeps_working(server: ServerUnd
     async with asyncio.timeout(10):
         while True:
             try:
-                again = await _connect(server, connection_id)
+                again = await connect_reference(server, connection_id)
                 break
             except TunnelRefused as exc:
                 if exc.status != 409:
@@ -198,7 +165,7 @@ async def test_duplicate_id_is_refused_and_first_keeps_working(server: ServerUnd
 @pytest.mark.rule("HD-10", "HD-13")
 def test_unknown_id_is_404_naming_it(server: ServerUnderTest) -> None:
     """HD-10: a public request for an id without a tunnel -> 404 naming the id."""
-    connection_id = _new_id()
+    connection_id = new_connection_id()
     response = _get(f"{server.public_url(connection_id)}/x")
     assert response.status_code == 404
     assert connection_id in response.text
@@ -226,8 +193,8 @@ async def _call(url: str, method: str = "GET", **kw: Any) -> asyncio.Task[httpx.
 async def test_server_sends_raw_request_head(server: ServerUnderTest) -> None:
     """HD-1/HD-2/HD-5 at the server: the open carries the raw path and query, header
     bytes as latin-1 characters, and the forwarding headers; ids start at 1."""
-    connection_id = _new_id()
-    peer = await _connect(server, connection_id)
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
     caller = await _call(
         f"{server.public_url(connection_id)}/a%2Fb/%C3%A9/?b=&a=1&a=2",
         headers=[(b"X-PGC", b"caf\xe9"), (b"X-PGC", b"")],
@@ -254,8 +221,8 @@ async def test_server_respects_client_window(server: ServerUnderTest) -> None:
     from pipegate_protocol import Data, FlowControlError, Limits
 
     window = 65536
-    connection_id = _new_id()
-    peer = await _connect(server, connection_id, limits=Limits(initial_window=window))
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id, limits=Limits(initial_window=window))
     body = secrets.token_bytes(1024 * 1024)
     caller = await _call(f"{server.public_url(connection_id)}/up", "POST", content=body)
     opened = await peer.next_of(Open)
@@ -284,8 +251,8 @@ async def test_server_respects_client_window(server: ServerUnderTest) -> None:
 @pytest.mark.rule("HD-10", "LV-3")
 async def test_tunnel_dropped_before_head_gives_502(server: ServerUnderTest) -> None:
     """HD-10/LV-3: the tunnel drops while the caller waits for the head -> 502."""
-    connection_id = _new_id()
-    peer = await _connect(server, connection_id)
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
     caller = await _call(f"{server.public_url(connection_id)}/wait")
     await peer.next_of(Open)
     await peer.ws.close(1011, "gone")
@@ -303,8 +270,8 @@ async def test_reset_before_head_maps_to_status(
     """HD-10: a reset before the response head maps to the documented status."""
     from pipegate_protocol import ResetCode
 
-    connection_id = _new_id()
-    peer = await _connect(server, connection_id)
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
     caller = await _call(f"{server.public_url(connection_id)}/reset")
     opened = await peer.next_of(Open)
     peer.conn.reset_stream(opened.stream_id, ResetCode(code))
@@ -402,8 +369,8 @@ async def test_server_closes_hostile_tunnel_only(
     """ER-2: the server closes the offending tunnel with the documented code; a caller
     waiting on it gets 502 (LV-3); ER-4: the session tunnel keeps working."""
     code, needs_stream, frames = HOSTILE[case]
-    connection_id = _new_id()
-    peer = await _connect(server, connection_id)
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
     caller = None
     stream_id = 1
     if needs_stream:
@@ -446,7 +413,7 @@ async def test_server_checks_the_client_hello(
     server: ServerUnderTest, first: str, code: int
 ) -> None:
     """HS-4: nothing before the hello; HS-6: role and version of the hello."""
-    peer = await _connect(server, send_hello=False)
+    peer = await connect_reference(server, send_hello=False)
     await peer.send_raw(first)
     assert await peer.wait_closed(within=30.0) == code
 
@@ -456,7 +423,7 @@ async def test_server_closes_on_oversize_frame(
     server: ServerUnderTest, bystander: ReferenceTunnel
 ) -> None:
     """FR-5: a frame above the server's max_frame_size closes with 1009."""
-    peer = await _connect(server)
+    peer = await connect_reference(server)
     assert peer.server_hello is not None
     size = peer.server_hello.limits.max_frame_size + 1
     await peer.send_raw(b"\x00\x00\x00\x00\x01" + b"x" * size)
@@ -476,8 +443,8 @@ def test_server_survives_junk(
     1002 and nothing else happens (no crash: the bystander tunnel works)."""
 
     async def scenario() -> int | None:
-        peer = await _connect(server)
-        _PEERS.remove(peer)  # this event loop ends here: close it in it
+        peer = await connect_reference(server)
+        release_reference(peer)  # this event loop ends here: close it in it
         try:
             await peer.send_raw(junk)
             return await peer.wait_closed(within=30.0)

@@ -40,13 +40,14 @@ Options (see docs/conformance.md):
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
 import secrets
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,6 +71,7 @@ from .harness import (
     wait_for_tunnel,
 )
 from .refpeer import ReferenceTunnel
+from .support import close_reference_clients
 
 __all__ = [
     "RULE_ID",
@@ -86,6 +88,7 @@ __all__ = [
     "pytest_configure",
     "pytest_runtest_logreport",
     "pytest_sessionfinish",
+    "reference_clients_closed",
     "server",
     "side_of",
     "tunnel",
@@ -663,3 +666,15 @@ def bystander(server: ServerUnderTest) -> Iterator[ReferenceTunnel]:
         yield reference
     finally:
         reference.stop()
+
+
+@pytest.fixture
+async def reference_clients_closed() -> AsyncIterator[None]:
+    """After the check, close the reference clients it opened with
+    :func:`pipegate_conformance.support.connect_reference`, so that none leaks into a
+    later check. Modules that open them ask for it with
+    ``pytestmark = pytest.mark.usefixtures("reference_clients_closed")`` (a check's own
+    arguments decide its side, :func:`side_of`; this one is no argument)."""
+    yield
+    await close_reference_clients()
+    gc.collect()

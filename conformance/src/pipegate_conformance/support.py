@@ -1,5 +1,6 @@
 """Helpers shared by the conformance checks: header comparison with the allowances the
-spec documents, origin event polling, and hypothesis strategies for HTTP pieces.
+spec documents, origin event polling, reference clients that are closed after each
+check, and hypothesis strategies for HTTP pieces.
 
 Every allowance lives here, named, so that docs/conformance.md can list them and a
 reader can see that a check tolerates nothing else. What HD-4 removes comes from the
@@ -8,15 +9,20 @@ suite's own table (:mod:`.expected`), never from the implementation's policy.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 from hypothesis import strategies as st
 
 from .expected import expected_after_hop_by_hop
+from .refpeer import ReferenceClient, connect_reference_client
+
+if TYPE_CHECKING:
+    from .plugin import ServerUnderTest
 
 __all__ = [
     "FORWARDING_HEADERS",
@@ -25,17 +31,21 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "REWRITTEN_RESPONSE_HEADERS",
     "added_request_id_problem",
+    "close_reference_clients",
+    "connect_reference",
     "cookie_relay_problem",
     "expected_at_origin",
     "extension_methods",
     "header_list",
     "header_value",
     "methods",
+    "new_connection_id",
     "origin_events",
     "paths",
     "queries",
     "received_at_origin",
     "relayable_response_headers",
+    "release_reference",
     "request_headers",
     "rss_mib",
     "wait_for_origin_event",
@@ -185,6 +195,51 @@ def wait_for_origin_event(
                 return event
         time.sleep(0.05)
     return None
+
+
+# ---------------------------------------------------------------------- reference clients
+
+#: Reference clients opened by the running check with :func:`connect_reference`. The
+#: plugin's ``reference_clients_closed`` fixture closes them after the check (a module
+#: asks for it with ``pytestmark = pytest.mark.usefixtures("reference_clients_closed")``),
+#: so a failing check cannot leak a socket into a later one (ResourceWarning is an
+#: error). A module-level list rather than a fixture value, because hypothesis checks
+#: cannot take function-scoped fixtures.
+_REFERENCE_CLIENTS: list[ReferenceClient] = []
+
+
+def new_connection_id(prefix: str = "ref") -> str:
+    """A fresh connection id, ``<prefix>-`` and 10 hex digits: a shared server is fine."""
+    return f"{prefix}-{secrets.token_hex(5)}"
+
+
+async def connect_reference(
+    server: ServerUnderTest, connection_id: str | None = None, **kw: Any
+) -> ReferenceClient:
+    """A reference client with a tunnel to ``server`` (:func:`connect_reference_client`)
+    for ``connection_id`` (default: a fresh ``ref-`` id), with the server's token unless
+    ``token`` is given (``None``: no token); ``kw`` goes to the connect function. It is
+    closed after the check unless :func:`release_reference` takes it back."""
+    peer = await connect_reference_client(
+        server.ws_url(connection_id or new_connection_id()),
+        kw.pop("token", server.token),
+        ssl_context=server.ssl_context(),
+        **kw,
+    )
+    _REFERENCE_CLIENTS.append(peer)
+    return peer
+
+
+def release_reference(peer: ReferenceClient) -> None:
+    """Take ``peer`` off the list closed after the check: the caller closes it itself,
+    e.g. in the event loop of one hypothesis example, which ends before the check."""
+    _REFERENCE_CLIENTS.remove(peer)
+
+
+async def close_reference_clients() -> None:
+    """Close every reference client :func:`connect_reference` opened and nobody released."""
+    while _REFERENCE_CLIENTS:
+        await _REFERENCE_CLIENTS.pop().close()
 
 
 # ---------------------------------------------------------------------- strategies
