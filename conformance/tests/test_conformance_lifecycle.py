@@ -12,6 +12,7 @@ generous bound: the hello timeout (HS-10, RECOMMENDED 10 s) and the heartbeat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import signal
@@ -32,6 +33,7 @@ from pipegate_conformance.refpeer import (
 )
 from pipegate_conformance.support import wait_for_origin_event
 from pipegate_protocol import (
+    Data,
     GoAway,
     GoAwayReason,
     Hello,
@@ -51,6 +53,17 @@ from pipegate_protocol import Open as OpenMessage
 HELLO_TIMEOUT_BOUND = 40.0
 #: Bound for the heartbeat: RECOMMENDED timeout 20-30 s after the last message (LV-2).
 HEARTBEAT_BOUND = 90.0
+#: The largest message a side may send before the peer's hello (FR-10): the smallest
+#: max_frame_size a hello may state (HS-5).
+BEFORE_HELLO_MAX = 16384
+#: A ping whose ``id`` member appears twice (FR-9): the receiver answers 2 (the last)
+#: or closes with 1002, never answers 1 (the first).
+DUPLICATE_ID_PING = '{"type": "ping", "id": 1, "id": 2}'
+
+
+def _size(message: str | bytes) -> int:
+    """A WebSocket message's size in bytes (UTF-8 for text, FR-5)."""
+    return len(message.encode()) if isinstance(message, str) else len(message)
 
 
 def _server_hello(connection_id: str = "refnode") -> str:
@@ -138,11 +151,13 @@ async def test_client_checks_the_server_hello(
     assert observed.close_code == code, f"HS-6: expected {code}, got {observed.close_code}"
 
 
-@pytest.mark.rule("HS-10", "ER-2")
+@pytest.mark.rule("HS-10", "ER-2", "FR-10")
 @pytest.mark.side("client")
 async def test_client_hello_timeout(implementations: Implementations, origin: Origin) -> None:
     """HS-10 at the client: a server that accepts the WebSocket but never sends its
-    hello is closed with 4004 by the client's own timer (RECOMMENDED 10 s)."""
+    hello is closed with 4004 by the client's own timer (RECOMMENDED 10 s). FR-10:
+    everything the client sent meanwhile (its hello, pings if any) is at most 16384
+    bytes, as it does not know the server's max_frame_size yet."""
     async with ReferenceServer(implementations.token, hello_payload="") as ref:
         process = implementations.start_client(origin.url, ref.url("refnode"))
         try:
@@ -150,6 +165,10 @@ async def test_client_hello_timeout(implementations: Implementations, origin: Or
         finally:
             await asyncio.to_thread(process.stop, 5.0)
     assert observed.sent_hello, "HS-4: the client must send its hello without waiting"
+    sizes = [_size(message) for message in observed.messages]
+    assert all(size <= BEFORE_HELLO_MAX for size in sizes), (
+        f"FR-10: messages of {sizes} bytes before the server's hello"
+    )
     assert observed.close_code == 4004, (
         f"HS-10: expected 4004 within {HELLO_TIMEOUT_BOUND} s, got {observed.close_code} "
         f"after {observed.seconds:.1f} s"
@@ -194,6 +213,27 @@ async def test_client_echoes_ping_ids_exactly(
             if isinstance(payload, str) and '"pong"' in payload:
                 break
     assert json.loads(payload)["id"] == ping_id, f"LV-1: pong {payload} for ping {ping_id}"
+
+
+@pytest.mark.rule("FR-9", "LV-1")
+@pytest.mark.side("client")
+async def test_client_never_uses_the_first_of_duplicate_members(
+    driven_session: tuple[ReferenceServer, ServerSession, ManagedProcess],
+) -> None:
+    """FR-9 at the client: a ping with two ``id`` members is answered with the last
+    (pong 2) or rejected as a decode error (close 1002); pong 1 breaks the rule."""
+    _, session, _ = driven_session
+    await session.send_raw(DUPLICATE_ID_PING)
+    try:
+        async with asyncio.timeout(10.0):
+            while True:
+                payload = await session.ws.recv()
+                if isinstance(payload, str) and '"pong"' in payload:
+                    break
+        answer: int | str = json.loads(payload)["id"]
+    except websockets.ConnectionClosed as exc:
+        answer = f"closed {exc.rcvd.code if exc.rcvd else None}"
+    assert answer in (2, "closed 1002"), f"FR-9: the ping with ids 1 and 2 got {answer}"
 
 
 @pytest.mark.rule("LV-5", "LV-4")
@@ -372,6 +412,99 @@ async def test_server_echoes_ping_ids_exactly(server: ServerUnderTest) -> None:
             assert (await _pong_for(peer, ping_id)).id == ping_id
     finally:
         await peer.close()
+
+
+@pytest.mark.rule("FR-9", "LV-1")
+@pytest.mark.side("server")
+async def test_server_never_uses_the_first_of_duplicate_members(server: ServerUnderTest) -> None:
+    """FR-9 at the server: a ping with two ``id`` members is answered with the last
+    (pong 2) or rejected as a decode error (close 1002); pong 1 breaks the rule."""
+    peer = await connect_reference_client(
+        server.ws_url(f"ref-{time.monotonic_ns()}"),
+        server.token,
+        ssl_context=server.ssl_context(),
+    )
+    answer: int | str
+    try:
+        await peer.send_raw(DUPLICATE_ID_PING)
+        answer = (await peer.next_of(Pong, within=10.0)).id
+    except PeerClosed as closed:
+        answer = f"closed {closed.code}"
+    finally:
+        await peer.close()
+    assert answer in (2, "closed 1002"), f"FR-9: the ping with ids 1 and 2 got {answer}"
+
+
+@pytest.mark.rule("FR-9", "FC-2")
+@pytest.mark.side("server")
+async def test_server_takes_the_last_of_duplicate_limits(server: ServerUnderTest) -> None:
+    """FR-9 in a nested object: a client hello whose ``limits`` say ``initial_window``
+    1 MiB and then 64 KiB grants 64 KiB (the last), so the server sends at most 64 KiB
+    of a 1 MiB upload before credit returns; or it closes the tunnel with 1002."""
+    window = 65536
+    connection_id = f"ref-{time.monotonic_ns()}"
+    peer = await connect_reference_client(
+        server.ws_url(connection_id),
+        server.token,
+        send_hello=False,
+        limits=Limits(initial_window=1024 * 1024),
+        ssl_context=server.ssl_context(),
+    )
+    body = secrets.token_bytes(1024 * 1024)
+    caller: asyncio.Task[httpx.Response] | None = None
+    received = 0
+    closed_with: int | None = None
+    try:
+        hello = str(peer.conn.data_to_send()[0])
+        first = '"initial_window":1048576'
+        assert first in hello, hello
+        await peer.send_raw(hello.replace(first, f'{first},"initial_window":{window}'))
+        caller = asyncio.create_task(
+            asyncio.to_thread(
+                httpx.post, f"{server.public_url(connection_id)}/up", content=body, timeout=30.0
+            )
+        )
+        await peer.next_of(Open, within=20.0)
+        async with asyncio.timeout(1.5):
+            while True:
+                message = await peer.next_message()
+                if isinstance(message, Data):
+                    received += len(message.data)
+    except TimeoutError:
+        pass  # nothing more arrives without credit, as it must be
+    except PeerClosed as closed:
+        closed_with = closed.code
+    finally:
+        await peer.close()
+        if caller is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                await caller
+    if closed_with is not None:
+        assert closed_with == 1002, f"FR-9: closed with {closed_with}, not 1002"
+    else:
+        assert 0 < received <= window, (
+            f"FR-9: {received} bytes sent against a window of {window} (the last member)"
+        )
+
+
+@pytest.mark.rule("FR-10", "HS-4")
+@pytest.mark.side("server")
+async def test_server_hello_fits_before_the_clients_hello(server: ServerUnderTest) -> None:
+    """FR-10 at the server: its hello, sent without waiting for the client's (HS-4),
+    is at most 16384 bytes, as the server does not know the client's max_frame_size."""
+    peer = await connect_reference_client(
+        server.ws_url(f"ref-{time.monotonic_ns()}"),
+        server.token,
+        send_hello=False,
+        ssl_context=server.ssl_context(),
+    )
+    try:
+        first = await asyncio.wait_for(peer.ws.recv(), 10.0)
+    finally:
+        await peer.close()
+    assert isinstance(first, str), first
+    assert json.loads(first)["type"] == "hello", first
+    assert _size(first) <= BEFORE_HELLO_MAX, f"FR-10: a hello of {_size(first)} bytes"
 
 
 @pytest.mark.rule("HS-1", "HS-12")
