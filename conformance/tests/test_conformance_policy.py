@@ -219,3 +219,43 @@ async def test_caller_close_without_status_is_relayed_as_1000(server: ServerUnde
         close = await peer.next_of(WebSocketClose)
         caller.transport.abort()
     assert (close.stream_id, close.code) == (stream_id, 1000)
+
+
+# ---------------------------------------------------------------------- WS-6, WS-7
+
+
+@pytest.mark.rule("WS-6", "ER-2")
+@pytest.mark.parametrize(
+    "kinds", [(0x01, 0x02), (0x02, 0x01)], ids=["text-then-binary", "binary-then-text"]
+)
+async def test_mixed_fragment_kinds_close_the_tunnel(
+    server: ServerUnderTest, kinds: tuple[int, int]
+) -> None:
+    """WS-6: a WebSocket data frame of the other kind while a message is unfinished
+    (text fragment, then a binary one, or the reverse) closes the tunnel with 1002."""
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
+    caller, stream_id = await _caller_websocket(server, connection_id, peer)
+    async with caller:
+        sid = stream_id.to_bytes(4, "big")
+        await peer.send_raw(bytes([kinds[0]]) + sid + b"first fragment")  # F not set
+        await peer.send_raw(bytes([0x80 | kinds[1]]) + sid + b"other kind")
+        assert await peer.wait_closed(within=30.0) == 1002
+
+
+@pytest.mark.rule("WS-7")
+@pytest.mark.parametrize("how", ["closed", "lost"])
+async def test_tunnel_loss_closes_the_callers_websocket_with_1001(
+    server: ServerUnderTest, how: str
+) -> None:
+    """WS-7: when the tunnel is closed (close handshake) or lost (connection dropped),
+    the server closes each relayed WebSocket toward its caller with 1001."""
+    connection_id = new_connection_id()
+    peer = await connect_reference(server, connection_id)
+    caller, _ = await _caller_websocket(server, connection_id, peer)
+    async with caller:
+        if how == "closed":
+            await peer.ws.close(1000, "client stops")
+        else:
+            peer.ws.transport.abort()
+        assert await _close_code_seen_by(caller) == 1001
