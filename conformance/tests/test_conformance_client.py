@@ -566,3 +566,58 @@ async def test_client_reconnects_after_tunnel_loss(driven: DrivenClient) -> None
     assert session.client_hello is not None
     with pytest.raises(PeerClosed):
         await driven.session.next_message(within=1.0)
+
+
+# ---------------------------------------------------------------------- WS-6, WS-7
+
+
+async def _accepted_websocket(session: ServerSession, tag: str) -> int:
+    """A WebSocket stream to the origin's echo, accepted with 101 (WS-3)."""
+    stream_id = await _open(
+        session,
+        method="GET",
+        path="/ws/echo",
+        query=f"tag={tag}",
+        kind=StreamKind.WEBSOCKET,
+        headers=[("sec-websocket-version", "13")],
+        end_stream=True,
+    )
+    assert (await session.next_of(Response)).status == 101
+    return stream_id
+
+
+@pytest.mark.rule("WS-6", "ER-2", "LV-3")
+@pytest.mark.parametrize(
+    "kinds", [(0x01, 0x02), (0x02, 0x01)], ids=["text-then-binary", "binary-then-text"]
+)
+async def test_client_closes_on_mixed_fragment_kinds(
+    driven: DrivenClient, kinds: tuple[int, int]
+) -> None:
+    """WS-6: a WebSocket data frame of the other kind while a message is unfinished
+    closes the tunnel with 1002; LV-3: the client connects again."""
+    session = driven.session
+    sid = (await _accepted_websocket(session, secrets.token_hex(6))).to_bytes(4, "big")
+    await session.send_raw(bytes([kinds[0]]) + sid + b"first fragment")  # F not set
+    await session.send_raw(bytes([0x80 | kinds[1]]) + sid + b"other kind")
+    assert await session.wait_closed(within=30.0) == 1002
+    assert (await driven.ref.next_session(within=30.0)).client_hello is not None
+
+
+@pytest.mark.rule("WS-7")
+@pytest.mark.parametrize("how", ["closed", "lost"])
+async def test_tunnel_loss_closes_the_local_apps_websocket_with_1001(
+    driven: DrivenClient, origin: Origin, how: str
+) -> None:
+    """WS-7: when the server closes the tunnel (1001, as on a restart) or the
+    connection drops, the client closes each relayed WebSocket toward its local app
+    with 1001 (the origin records the code it received)."""
+    session = driven.session
+    tag = secrets.token_hex(6)
+    await _accepted_websocket(session, tag)
+    if how == "closed":
+        await session.ws.close(1001, "restart")
+    else:
+        session.abort()
+    event = await asyncio.to_thread(wait_for_origin_event, origin.url, tag, "ws_closed", 15.0)
+    assert event is not None, "WS-7: the local app's WebSocket stayed open without a tunnel"
+    assert event["code"] == 1001, f"WS-7: the local app's WebSocket closed with {event['code']}"
