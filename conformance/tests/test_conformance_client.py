@@ -9,6 +9,7 @@ close code (ER-2) and connect again (LV-3).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import secrets
@@ -35,6 +36,7 @@ from pipegate_protocol import (
     Limits,
     Pong,
     ProtocolVersion,
+    RemoteProtocolError,
     Reset,
     ResetCode,
     Response,
@@ -621,3 +623,107 @@ async def test_tunnel_loss_closes_the_local_apps_websocket_with_1001(
     event = await asyncio.to_thread(wait_for_origin_event, origin.url, tag, "ws_closed", 15.0)
     assert event is not None, "WS-7: the local app's WebSocket stayed open without a tunnel"
     assert event["code"] == 1001, f"WS-7: the local app's WebSocket closed with {event['code']}"
+
+
+# ---------------------------------------------------------------------- HD-14
+
+#: The max_frame_size the reference server states for the HD-14 check: the smallest a
+#: hello may state (HS-5), so a local head of about 24 KB cannot fit in a response.
+_SMALL_FRAME = 16 * 1024
+#: Local response heads a ``response`` cannot carry (HD-14), as raw HTTP/1.1 bytes.
+UNCARRIABLE_HEADS: dict[str, bytes] = {
+    "status-101-on-http": (
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: pgc\r\n\r\n"
+    ),
+    "status-600": b"HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    "header-name-not-a-token": (
+        b"HTTP/1.1 200 OK\r\nX-PGC(bad): 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ),
+    "nul-in-a-value": (
+        b"HTTP/1.1 200 OK\r\nX-PGC: a\x00b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ),
+    "head-above-max-frame-size": (
+        b"HTTP/1.1 200 OK\r\n"
+        + b"".join(b"X-PGC-%02d: %s\r\n" % (n, b"v" * 1000) for n in range(24))
+        + b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+    ),
+}
+_PLAIN_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+class _RawLocalApp:
+    """A local app that writes raw bytes: ``/hd14/<case>`` gets that case of
+    :data:`UNCARRIABLE_HEADS`, anything else a plain ``200 ok``; one request per
+    connection. (The origin app cannot send such heads: its HTTP stack refuses.)"""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> _RawLocalApp:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+            target = head.split(b" ", 2)[1].decode("latin-1")
+            case = target.removeprefix("/hd14/")
+            writer.write(UNCARRIABLE_HEADS.get(case, _PLAIN_OK))
+            await writer.drain()
+            if case == "status-101-on-http":
+                await asyncio.sleep(1.0)  # an upgraded connection stays open a while
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+async def _answer_to(session: ServerSession, stream_id: int) -> str:
+    """How the client answered ``stream_id``: ``"response <status>"`` (body read and
+    acknowledged) or ``"reset <code>"``; a message the protocol forbids fails."""
+    try:
+        while True:
+            message = await session.next_message(within=30.0)
+            if isinstance(message, Reset) and message.stream_id == stream_id:
+                return f"reset {message.code.value}"
+            if isinstance(message, Response) and message.stream_id == stream_id:
+                if not message.end_stream:
+                    await session.read_body(stream_id, within=30.0)
+                return f"response {message.status}"
+    except RemoteProtocolError as exc:
+        pytest.fail(f"the client relayed a head the protocol cannot carry: {exc}")
+
+
+@pytest.mark.rule("HD-14", "HD-12")
+async def test_client_answers_502_for_a_local_head_it_cannot_carry(
+    implementations: Implementations,
+) -> None:
+    """HD-14: a local response head that a ``response`` cannot carry (a 101 on an
+    http stream, status 600, a header name that is no token, NUL in a value, a head
+    above the server's max_frame_size) becomes a 502 (or a reset upstream_failed, as
+    for HD-12), never a relayed or edited head; the client keeps serving the tunnel."""
+    async with _RawLocalApp() as app:
+        limits = Limits(max_frame_size=_SMALL_FRAME)
+        async for driven in _drive(implementations, app.url, limits):
+            session = driven.session
+            for case in UNCARRIABLE_HEADS:
+                stream_id = await _open(
+                    session, method="GET", path=f"/hd14/{case}", end_stream=True
+                )
+                answer = await _answer_to(session, stream_id)
+                assert answer in ("response 502", "reset upstream_failed"), (
+                    f"HD-14 {case}: the client answered {answer}"
+                )
+            stream_id = await _open(session, method="GET", path="/ok", end_stream=True)
+            assert await _answer_to(session, stream_id) == "response 200", (
+                "HD-14: the client stopped serving after the heads it could not carry"
+            )
