@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 from e2e_support import CLIENT_ARGS, SERVER_ARGS, probe_status, wait_until
 from pipegate_conformance.harness import (
     HarnessError,
@@ -105,7 +106,28 @@ class Cluster:
         for index in range(self.nodes):
             self.wait_node(index)
         self.start_haproxy()
+        self.wait_settled()
         return self
+
+    def wait_settled(self, timeout: float = 10.0) -> None:
+        """Until the cluster takes claims: a Redis without the cluster's epoch (a new
+        cluster, or one whose Redis lost its data) refuses them for the settle period
+        while the nodes write their leases (``_cluster``)."""
+        store = redis.Redis(port=self.redis_port)
+        try:
+            wait_until(
+                lambda: (
+                    True
+                    if store.exists("pipegate:epoch:cluster")
+                    and not store.exists("pipegate:settle:cluster")
+                    else None
+                ),
+                timeout=timeout,
+                interval=0.05,
+                what="the cluster's settle period to end",
+            )
+        finally:
+            store.close()
 
     def start_redis(self) -> None:
         redis_server = require("redis-server")

@@ -13,6 +13,8 @@ import json
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -593,3 +595,41 @@ def _rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_the_conformance_suite_passes_against_the_cluster(cluster: Cluster) -> None:
+    """The server side of the conformance suite, run as a third party runs it, against
+    HAProxy in front of three nodes: the cluster is one conformant server."""
+    report = cluster.workdir / "conformance-report.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "conformance/",
+            "--server-url",
+            cluster.base,
+            "--client-token",
+            cluster.token,
+            "--side",
+            "server",
+            "--server-domain",
+            cluster.domain,
+            "--conformance-report",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert " passed" in summary, summary
+    assert "skipped" not in summary, summary
+    assert "xfail" not in summary, summary
+    assert json.loads(report.read_text())  # the per-rule report was written
