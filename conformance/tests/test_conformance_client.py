@@ -658,6 +658,7 @@ class _RawLocalApp:
 
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
         self.url = ""
 
     async def __aenter__(self) -> _RawLocalApp:
@@ -669,8 +670,14 @@ class _RawLocalApp:
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
+        for handler in self._handlers:  # Python 3.11's wait_closed does not wait for them
+            handler.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
             target = head.split(b" ", 2)[1].decode("latin-1")
@@ -685,6 +692,7 @@ class _RawLocalApp:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+            self._handlers.discard(handler)
 
 
 async def _answer_to(session: ServerSession, stream_id: int) -> str:
