@@ -369,16 +369,7 @@ async def test_ws_close_code_at_the_local_apps_hop(
     and 1015, which no close frame may carry, close the local app's WebSocket with 1011."""
     session = driven.session
     tag = secrets.token_hex(6)
-    stream_id = await _open(
-        session,
-        method="GET",
-        path="/ws/echo",
-        query=f"tag={tag}",
-        kind=StreamKind.WEBSOCKET,
-        headers=[("sec-websocket-version", "13")],
-        end_stream=True,
-    )
-    assert (await session.next_of(Response)).status == 101
+    stream_id = await _accepted_websocket(session, tag)
     session.conn.send_websocket_close(stream_id, received, "")
     await session.flush()
     event = await asyncio.to_thread(wait_for_origin_event, origin.url, tag, "ws_closed", 10.0)
