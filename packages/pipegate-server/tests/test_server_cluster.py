@@ -410,7 +410,9 @@ async def test_the_ids_of_a_dead_node_can_be_claimed_and_it_closes_their_tunnels
         # Node a stops answering: its heartbeat ends (its lease stays in Redis).
         for task in list(a.directory._tasks):
             task.cancel()
-        await asyncio.gather(*a.directory._tasks, return_exceptions=True)
+        await asyncio.wait_for(
+            asyncio.gather(*a.directory._tasks, return_exceptions=True), timeout=10
+        )
 
         async def dead() -> bool:
             where = await b.directory.locate(connection_id="orphan")

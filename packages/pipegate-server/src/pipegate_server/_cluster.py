@@ -722,6 +722,7 @@ class ClusterDirectory:
                     await self._refresh_leases()
                     await self._reload_hints()
             except _UNAVAILABLE:
+                _stop_if_cancelled()
                 continue
             except Exception:  # pragma: no cover - a bug must not stop the heartbeat
                 logger.exception("cluster heartbeat failed: node=%s", self.name)
@@ -770,6 +771,7 @@ class ClusterDirectory:
                         else:
                             self._dispatch(message.get("data"))
             except _UNAVAILABLE:
+                _stop_if_cancelled()
                 await asyncio.sleep(self.heartbeat)
             except UnicodeDecodeError:
                 # A message that is not UTF-8 would end the listener: drop the
@@ -812,6 +814,15 @@ class ClusterDirectory:
             return
         if self._on_request is not None:
             self._on_request(request, connection_id, reason)
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError when this task was asked to stop: redis-py can turn a
+    cancellation that comes during a call into a connection error, which the loops
+    catch as "Redis down" and would otherwise carry on after."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _close_lost(tunnel: Tunnel) -> None:
