@@ -164,7 +164,15 @@ class Inspector:
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     continue
                 break
-            bound = self._server.sockets[0].getsockname()[1]
+            # uvloop's Server.sockets was once seen holding None right after the
+            # bind (a CI run): fall back to the port asked for, or try again for 0.
+            sockets = self._server.sockets or ()
+            listening = sockets[0] if sockets else None
+            if listening is None and port == 0:
+                self._server.close()
+                last = OSError(errno.EADDRNOTAVAIL, "the listening socket vanished")
+                continue
+            bound = listening.getsockname()[1] if listening is not None else port
             if port == 0:  # the guard must know the port the system chose
                 guard.port = bound
             self.port = bound
